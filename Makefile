@@ -1,0 +1,26 @@
+# The two commands of the README, and what they stand on.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+
+.PHONY: setup system-deps demo test
+
+system-deps:
+	@command -v jackd >/dev/null && command -v mosquitto >/dev/null || { \
+	  (apt-get update -qq || true) && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jackd2 mosquitto mosquitto-clients >/dev/null; }
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[training,test]"
+	touch $@
+
+setup: system-deps $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/antiphon demo --out out/demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider

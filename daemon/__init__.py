@@ -1,0 +1,1 @@
+"""Antiphon: a realtime MIDI jam partner."""

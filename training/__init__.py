@@ -1,0 +1,1 @@
+"""Antiphon's offline training: MIDI folders to weights."""

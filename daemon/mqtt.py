@@ -1,0 +1,282 @@
+"""MQTT bridge: steer and watch the jam daemon from a phone, a hub or a script.
+
+Topics under the configured prefix:
+  <prefix>/status        retained "online" / "offline" (Last Will), Home Assistant's payloads
+  <prefix>/state         retained JSON state document, republished on change and on reconnect
+  <prefix>/set/<setting> temperature, top_p, bpm, answer_bars, weights (plain or JSON payload)
+  <prefix>/cmd/<action>  pause, resume, panic (payload ignored)
+  <prefix>/event         JSON events (answer started/finished, port lost/regained)
+  <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
+
+The broker going away never touches the music: the bridge only talks to the app through
+its public calls, and reconnects with backoff on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+import random
+from typing import Any, Callable, Protocol
+
+import aiomqtt
+
+__all__ = ["MqttBridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
+
+log = logging.getLogger("antiphon.mqtt")
+
+ONLINE = "online"
+OFFLINE = "offline"
+# Paths to weights folders are the longest legitimate payloads; PATH_MAX is 4096.
+MAX_PAYLOAD_BYTES = 4096
+# Bytes of a rejected payload echoed back on <prefix>/error.
+ERROR_ECHO_CHARS = 200
+# Reconnect backoff: first wait, cap, and the wait for the retained "offline" on exit.
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+OFFLINE_PUBLISH_TIMEOUT_S = 1.0
+EVENT_QUEUE_SIZE = 1024
+
+# The setting's type on the wire; the app checks ranges and the weights folder.
+SETTINGS: dict[str, type] = {
+    "temperature": float,
+    "top_p": float,
+    "bpm": float,
+    "answer_bars": int,
+    "weights": str,
+}
+# The issue's spelling of the settings, accepted next to the state document's keys.
+SETTING_ALIASES = {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars", "answer-length": "answer_bars"}
+ACTIONS = ("pause", "resume", "panic")
+
+
+class JamAppLike(Protocol):
+    def state(self) -> dict: ...
+    def apply_setting(self, name: str, value: Any) -> Any: ...
+    def command(self, action: str) -> Any: ...
+    def add_listener(self, callback: Callable[[dict], None]) -> Any: ...
+
+
+class CommandError(ValueError):
+    """A command rejected before it reached the app; the message is the reason."""
+
+
+def _number(text_or_value: Any, integer: bool) -> float | int:
+    value = text_or_value
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise CommandError(f"expected a number, got {value.strip()[:40]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CommandError(f"expected a number, got JSON {type(value).__name__}")
+    if not math.isfinite(value):
+        raise CommandError(f"expected a finite number, got {value}")
+    if integer:
+        if float(value) != int(value):
+            raise CommandError(f"expected a whole number, got {value}")
+        return int(value)
+    return float(value)
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """Turn a payload into the value for setting `name`: a plain number/string or JSON.
+
+    Raises CommandError naming what is wrong; ranges are the app's business.
+    """
+    kind = SETTINGS[name]
+    text = text.strip()
+    if not text:
+        raise CommandError("empty payload")
+    if kind is str:
+        # A folder name is taken as it is, unless it is a JSON string.
+        if not text.startswith('"'):
+            return text
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"invalid JSON string: {exc.msg}") from None
+        if not isinstance(value, str) or not value.strip():
+            raise CommandError("expected a non-empty folder name")
+        return value
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text  # a plain payload; _number says what is wrong with it
+    except RecursionError:
+        raise CommandError("JSON nested too deeply") from None
+    return _number(value, integer=kind is int)
+
+
+def _echo(payload: bytes) -> str:
+    text = payload[:ERROR_ECHO_CHARS * 4].decode("utf-8", errors="backslashreplace")
+    if len(text) > ERROR_ECHO_CHARS:
+        return text[:ERROR_ECHO_CHARS] + f"... ({len(payload)} bytes)"
+    return text
+
+
+class MqttBridge:
+    """Connects the app to a broker; run() until cancelled, reconnecting on its own."""
+
+    def __init__(self, app: JamAppLike, settings: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.prefix = settings.prefix.rstrip("/")
+        self.status_topic = f"{self.prefix}/status"
+        self.state_topic = f"{self.prefix}/state"
+        self.event_topic = f"{self.prefix}/event"
+        self.error_topic = f"{self.prefix}/error"
+        self.connected = asyncio.Event()
+        self._events: asyncio.Queue[dict] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._state_pending = False
+        self._slow_commands: set[asyncio.Task] = set()
+        app.add_listener(self._on_app_event)
+
+    # -- app side ---------------------------------------------------------------------
+    def _on_app_event(self, event: dict) -> None:
+        # Events while the broker is away are dropped; the state is republished on reconnect.
+        if not self.connected.is_set():
+            return
+        if event.get("type") == "state":
+            # A burst of changes needs only one document, read when it is sent.
+            if self._state_pending:
+                return
+            self._state_pending = True
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            log.warning("MQTT: outgoing event queue full, dropping %s", event.get("type"))
+
+    # -- connection -------------------------------------------------------------------
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        tls = None
+        if s.tls_ca or s.tls_cert or s.tls_key:
+            tls = aiomqtt.TLSParameters(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key)
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            identifier=s.client_id or None,
+            username=s.username or None,
+            password=s.password or None,
+            tls_params=tls,
+            will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
+            keepalive=30,
+            timeout=5,
+        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled; on cancel publish the retained "offline"."""
+        client = self._client()
+        backoff = BACKOFF_FIRST_S
+        where = f"{self.settings.host}:{self.settings.port}"
+        while True:
+            try:
+                async with client:
+                    log.info("MQTT: connected to %s, prefix %s", where, self.prefix)
+                    backoff = BACKOFF_FIRST_S
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT: broker %s unreachable (%s); retrying in %.1f s", where, exc, backoff)
+            except Exception:
+                # MQTT is a side channel: a bug here must not end the jam, only this connection.
+                log.exception("MQTT: bridge failed; reconnecting in %.1f s", backoff)
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        while not self._events.empty():
+            self._events.get_nowait()
+        self._state_pending = False
+        self.connected.set()
+        try:
+            await client.subscribe(f"{self.prefix}/set/#", qos=1)
+            await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
+            await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+            await self._publish_state(client)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._publish_events(client))
+                tasks.create_task(self._receive(client))
+        except asyncio.CancelledError:
+            # A clean disconnect does not fire the Will: say "offline" ourselves.
+            self.connected.clear()
+            try:
+                await client.publish(self.status_topic, OFFLINE, qos=1, retain=True,
+                                     timeout=OFFLINE_PUBLISH_TIMEOUT_S)
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT: could not publish offline: %s", exc)
+            raise
+        except ExceptionGroup as group:
+            # One of the two loops lost the broker; the other was cancelled with it.
+            lost, other = group.split(aiomqtt.MqttError)
+            if lost is None or other is not None:
+                raise
+            raise aiomqtt.MqttError("; ".join(str(e) for e in lost.exceptions)) from None
+        finally:
+            self.connected.clear()
+
+    # -- outgoing ---------------------------------------------------------------------
+    async def _publish_state(self, client: aiomqtt.Client) -> None:
+        document = json.dumps(self.app.state(), separators=(",", ":"))
+        await client.publish(self.state_topic, document, qos=1, retain=True)
+
+    async def _publish_events(self, client: aiomqtt.Client) -> None:
+        while True:
+            event = await self._events.get()
+            if event.get("type") == "state":
+                self._state_pending = False
+                await self._publish_state(client)
+            else:
+                await client.publish(self.event_topic, json.dumps(event, separators=(",", ":")), qos=1)
+
+    async def _publish_error(self, client: aiomqtt.Client, topic: str, payload: bytes, reason: str) -> None:
+        log.info("MQTT: rejected %s: %s", topic, reason)
+        document = {"topic": topic, "payload": _echo(payload), "reason": reason}
+        await client.publish(self.error_topic, json.dumps(document), qos=0)
+
+    # -- incoming ---------------------------------------------------------------------
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            try:
+                outcome = self._dispatch(topic, bytes(payload))
+            except ValueError as exc:  # CommandError or the app's own ValueError
+                await self._publish_error(client, topic, bytes(payload), str(exc))
+                continue
+            if inspect.isawaitable(outcome):
+                # A weights swap can take seconds: panic must not wait behind it.
+                task = asyncio.ensure_future(self._finish_slow(client, topic, bytes(payload), outcome))
+                self._slow_commands.add(task)
+                task.add_done_callback(self._slow_commands.discard)
+
+    def _dispatch(self, topic: str, payload: bytes) -> Any:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise CommandError(f"payload too large: {len(payload)} bytes (limit {MAX_PAYLOAD_BYTES})")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"payload is not valid UTF-8 (byte {exc.start})") from None
+        kind, _, name = topic[len(self.prefix) + 1:].partition("/")
+        if kind == "set":
+            setting = SETTING_ALIASES.get(name, name)
+            if setting not in SETTINGS:
+                raise CommandError(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+            return self.app.apply_setting(setting, parse_setting(setting, text))
+        if kind == "cmd":
+            if name not in ACTIONS:
+                raise CommandError(f"unknown action {name!r}; known: {', '.join(ACTIONS)}")
+            return self.app.command(name)
+        raise CommandError(f"unknown topic {topic!r}")
+
+    async def _finish_slow(self, client: aiomqtt.Client, topic: str, payload: bytes, outcome: Any) -> None:
+        try:
+            await outcome
+        except ValueError as exc:
+            try:
+                await self._publish_error(client, topic, payload, str(exc))
+            except aiomqtt.MqttError:
+                log.warning("MQTT: rejected %s (%s) while the broker was away", topic, exc)

@@ -60,7 +60,7 @@ class LSTMModel(nn.Module):
         hidden, state = self.lstm(self.embed(tokens), state)
         return self._head(hidden), state
 
-    # Incremental inference: the state is (h, c), each [layers, 1, hidden].
+    # Incremental inference: the state is a tuple (h, c) of [layers, 1, hidden].
     def init_state(self) -> LSTMState | None:
         return None
 
@@ -70,8 +70,23 @@ class LSTMModel(nn.Module):
         return logits[0, -1], state
 
     def step(self, token: torch.Tensor, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
-        """token: LongTensor [1] -> (logits [vocab], state)."""
-        hidden, state = self.lstm(F.embedding(token, self.embed.weight).view(1, 1, -1), state)
-        x = F.relu(F.layer_norm(F.linear(hidden.view(1, -1), self.fc1.weight, self.fc1.bias), self.norm1.normalized_shape, self.norm1.weight, self.norm1.bias))
+        """token LongTensor [1] -> (logits [vocab], state).
+
+        One fused lstm_cell per layer: nn.LSTM on a single step costs several times more."""
+        if state is None:
+            zeros = self.head.weight.new_zeros(self.config.num_layers, 1, self.config.hidden_size)
+            state = (zeros, zeros)
+        x = F.embedding(token, self.embed.weight)
+        hs, cs = [], []
+        for layer in range(self.config.num_layers):
+            h, c = torch._VF.lstm_cell(
+                x, (state[0][layer], state[1][layer]),
+                getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}"),
+                getattr(self.lstm, f"bias_ih_l{layer}"), getattr(self.lstm, f"bias_hh_l{layer}"),
+            )
+            hs.append(h)
+            cs.append(c)
+            x = h
+        x = F.relu(F.layer_norm(F.linear(x, self.fc1.weight, self.fc1.bias), self.norm1.normalized_shape, self.norm1.weight, self.norm1.bias))
         x = F.relu(F.layer_norm(F.linear(x, self.fc2.weight, self.fc2.bias), self.norm2.normalized_shape, self.norm2.weight, self.norm2.bias))
-        return F.linear(x, self.head.weight, self.head.bias).view(-1), state
+        return F.linear(x, self.head.weight, self.head.bias).view(-1), (torch.stack(hs), torch.stack(cs))

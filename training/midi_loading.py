@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import mido
+
 from daemon.codec import Note, encode_normalised, normalise
+from daemon.midifile import bar_starts_from
 
 RESOLUTION = 4
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
@@ -28,19 +31,6 @@ class LoadedMidi:
     tokens: list[int] = field(default_factory=list)
 
 
-def bar_starts_from(time_signatures: list[tuple[int, int, int]], end: int) -> list[int]:
-    """Bar line steps in [0, end] from (time, numerator, denominator) signatures; 4/4 when none."""
-    changes = sorted((t, n, d) for t, n, d in time_signatures if n > 0 and d > 0)
-    if not changes or changes[0][0] > 0:
-        changes.insert(0, (0, 4, 4))
-    bars: list[int] = []
-    for index, (time, numerator, denominator) in enumerate(changes):
-        length = max(1, round(numerator * 4 * RESOLUTION / denominator))
-        stop = changes[index + 1][0] if index + 1 < len(changes) else end + 1
-        bars.extend(range(max(time, 0), min(stop, end + 1), length))
-    return sorted(set(bars))
-
-
 def load_midi(path: str | os.PathLike) -> LoadedMidi:
     """Read one file; raises MidiLoadError naming the file and what is wrong."""
     import muspy
@@ -49,22 +39,53 @@ def load_midi(path: str | os.PathLike) -> LoadedMidi:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            music = muspy.read_midi(path)
-            music.adjust_resolution(RESOLUTION)
+            midi = mido.MidiFile(path)
+            if midi.type == 2:
+                midi = _patterns_in_sequence(midi)
+            music = muspy.from_mido(midi)
     except Exception as error:  # muspy/mido raise many kinds for a broken file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, EOFError):
+            reason = "the file ends early: empty or truncated"
         raise MidiLoadError(f"{path}: not a readable MIDI file ({reason})") from None
+    # Start and duration are rounded to the grid each on its own (not the note's end), so
+    # exactly the notes shorter than half a step round to duration 0 and are dropped.
+    steps_per_tick = RESOLUTION / music.resolution
     raw: list[Note] = []
     for track in music.tracks:
         if track.is_drum:
             continue
         for note in track.notes:
-            raw.append(Note(int(note.time), int(note.pitch), int(note.duration), int(note.velocity or 64)))
+            raw.append(
+                Note(
+                    round(note.time * steps_per_tick),
+                    int(note.pitch),
+                    round(note.duration * steps_per_tick),
+                    int(note.velocity or 64),
+                )
+            )
     notes, dropped = normalise(raw)
     end = max((n.start for n in notes), default=0)
-    signatures = [(int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in music.time_signatures]
+    signatures = [
+        (round(ts.time * steps_per_tick), int(ts.numerator), int(ts.denominator)) for ts in music.time_signatures
+    ]
     bars = bar_starts_from(signatures, end)
     return LoadedMidi(path, notes, bars, dropped, encode_normalised(notes, bars))
+
+
+def _patterns_in_sequence(midi: mido.MidiFile) -> mido.MidiFile:
+    """A type 2 file (independent patterns, played one after another) as one type 0 track;
+    muspy reads only types 0 and 1."""
+    track = mido.MidiTrack()
+    pending = 0  # time of each pattern's end_of_track, carried to the next message
+    for pattern in midi.tracks:
+        for message in pattern:
+            if message.type == "end_of_track":
+                pending += message.time
+            else:
+                track.append(message.copy(time=message.time + pending))
+                pending = 0
+    return mido.MidiFile(type=0, ticks_per_beat=midi.ticks_per_beat, tracks=[track])
 
 
 def midi_files(folder: str | os.PathLike) -> list[Path]:

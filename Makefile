@@ -6,9 +6,9 @@ SHARED ?= ../shared
 .PHONY: setup system-deps demo test
 
 system-deps:
-	@command -v jackd >/dev/null && command -v mosquitto >/dev/null || { \
+	@command -v jackd >/dev/null && command -v mosquitto >/dev/null && command -v systemd-analyze >/dev/null || { \
 	  (apt-get update -qq || true) && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jackd2 mosquitto mosquitto-clients >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jackd2 mosquitto mosquitto-clients systemd >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -39,7 +39,8 @@ class Engine:
         self.model = model.to(self.device).eval()
         self.kind: str = model.config.kind
         self.name = name or self.kind
-        self.context: deque[int] = deque(maxlen=CONTEXT)
+        self.window = getattr(model.config, "context", CONTEXT)
+        self.context: deque[int] = deque(maxlen=self.window)
         self._state = None
         self._logits = np.zeros(model.config.vocab_size, dtype=np.float32)
         self.position = 0
@@ -51,12 +52,12 @@ class Engine:
         return cls(loaded.model, device, name=str(Path(weights_dir)))
 
     def reset(self, tokens: Sequence[int] = (BAR,)) -> None:
-        """Forget everything and prime with `tokens` (the last 256 are kept)."""
+        """Forget everything and prime with `tokens` (the last window of them)."""
         self.context.clear()
         self.position = 0
         with torch.inference_mode():
             self._state = self.model.init_state()
-            tokens = list(tokens)[-CONTEXT:]
+            tokens = list(tokens)[-self.window :]
             if tokens:
                 logits, self._state = self.model.prefill(self._tensor(tokens), self._state)
                 self._logits = logits.float().cpu().numpy()

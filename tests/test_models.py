@@ -1,0 +1,93 @@
+"""The paper's two models: exact sizes, and incremental decoding equal to the full forward."""
+
+import numpy as np
+import pytest
+import torch
+
+from daemon.engine import CONTEXT, Engine
+from daemon.model import build_model, config_from_dict, default_config, parameter_count
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("kind, expected", [("lstm", 4_426_457), ("transformer", 4_326_041)])
+def test_parameter_counts_equal_the_paper(kind, expected):
+    assert parameter_count(build_model(default_config(kind))) == expected
+
+
+@pytest.fixture(scope="module", params=["lstm", "transformer"])
+def model(request):
+    torch.manual_seed(1234)
+    return build_model(default_config(request.param)).eval()
+
+
+def full_logits(model, tokens, device):
+    with torch.inference_mode():
+        return model.to(device)(torch.tensor([tokens], device=device))[0].float().cpu().numpy()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_step_by_step_logits_equal_the_full_forward(model, device):
+    tokens = torch.randint(0, 153, (CONTEXT,), generator=torch.Generator().manual_seed(7)).tolist()
+    engine = Engine(model, device)
+    engine.reset(tokens[:1])
+    stepped = [engine.logits.copy()] + [engine.feed([t]).copy() for t in tokens[1:]]
+    assert np.abs(np.stack(stepped) - full_logits(model, tokens, device)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("split", [1, 37, 200])
+def test_prefill_then_steps_equal_the_full_forward(model, device, split):
+    tokens = torch.randint(0, 153, (CONTEXT,), generator=torch.Generator().manual_seed(split)).tolist()
+    engine = Engine(model, device)
+    engine.reset(tokens[:split])
+    full = full_logits(model, tokens, device)
+    assert np.abs(engine.logits - full[split - 1]).max() <= 1e-4
+    engine.feed(tokens[split:])
+    assert np.abs(engine.logits - full[-1]).max() <= 1e-4
+    assert engine.position == CONTEXT
+
+
+def test_transformer_cache_slides_past_the_context():
+    torch.manual_seed(3)
+    model = build_model(config_from_dict({"kind": "transformer", "num_layers": 2, "context": 16, "max_distance": 11})).eval()
+    tokens = torch.randint(0, 153, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+    engine = Engine(model, "cpu")
+    engine.reset(tokens[:1])
+    engine.feed(tokens[1:])
+    assert engine.position == 40 and list(engine.context) == tokens[-16:]
+    # One layer attends only over its own keys: with a single layer the slid cache is exact.
+    single = build_model(config_from_dict({"kind": "transformer", "num_layers": 1, "context": 16, "max_distance": 11})).eval()
+    engine = Engine(single, "cpu")
+    engine.reset(tokens[:1])
+    engine.feed(tokens[1:])
+    expected = full_logits(single, tokens[-16:], "cpu")[-1]
+    assert np.abs(engine.logits - expected).max() <= 1e-4
+
+
+def test_lstm_state_is_carried_forever():
+    torch.manual_seed(4)
+    model = build_model(default_config("lstm")).eval()
+    tokens = torch.randint(0, 153, (300,), generator=torch.Generator().manual_seed(9)).tolist()
+    engine = Engine(model, "cpu")
+    engine.reset(tokens[:1])
+    engine.feed(tokens[1:])
+    assert np.abs(engine.logits - full_logits(model, tokens, "cpu")[-1]).max() <= 1e-4
+
+
+def test_training_mode_forward_uses_dropout_and_eval_does_not(model):
+    tokens = torch.randint(0, 153, (2, 32))
+    model.train()
+    try:
+        assert not torch.equal(model(tokens), model(tokens))
+    finally:
+        model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(tokens), model(tokens))
+
+
+def test_unknown_kind_and_keys_are_named():
+    with pytest.raises(ValueError, match="unknown model kind 'gru'"):
+        config_from_dict({"kind": "gru"})
+    with pytest.raises(ValueError, match="width"):
+        config_from_dict({"kind": "lstm", "width": 3})

@@ -1,0 +1,316 @@
+"""Every setting of the daemon: one TOML file, each key also a command-line flag.
+
+The file has one table per section ([midi], [tempo], [jam], [model], [mqtt], [log]); flags
+override the file. Each setting is declared once below (default, check, what is allowed,
+flag, help); the TOML reader, the flags and the error messages all come from that one place.
+A bad value is rejected with the source, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+APP_NAME = "antiphon"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the source, key, value and what is allowed."""
+
+
+Check = Callable[[Any], Any]
+
+
+def _setting(default: Any, check: Check, allowed: str, help: str, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"check": check, "allowed": allowed, "help": help, "flag": flag})
+
+
+def number(low: float, high: float, integer: bool = False) -> Check:
+    def check(value: Any) -> float | int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("not a number")
+        if integer and not float(value).is_integer():
+            raise ValueError("not a whole number")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError("out of range")
+        return int(value) if integer else float(value)
+
+    return check
+
+
+def choice(*options: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError("not one of the choices")
+        return value
+
+    return check
+
+
+def either(word: str, numbers: Check) -> Check:
+    """The word itself or a number the other check accepts (e.g. "follow" or a velocity)."""
+
+    def check(value: Any) -> str | float | int:
+        return word if value == word else numbers(value)
+
+    return check
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("not true or false")
+    return value
+
+
+def meter(value: Any) -> str:
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise ValueError("not a meter like 4/4")
+    top, bottom = value.split("/")
+    if not (top.isdigit() and bottom in ("2", "4", "8", "16")):
+        raise ValueError("not a meter like 4/4")
+    steps = int(top) * 16 // int(bottom)
+    if not 1 <= steps <= 31 or int(top) * 16 % int(bottom):
+        raise ValueError("a bar must be 1..31 sixteenth notes long")
+    return value
+
+
+def default_mqtt_prefix() -> str:
+    return f"{APP_NAME}/{socket.gethostname() or 'localhost'}"
+
+
+@dataclass(frozen=True)
+class MidiSettings:
+    api: str = _setting("alsa", choice("alsa", "jack"), "alsa or jack", "MIDI system to use", "--midi-api")
+    input: str = _setting("", text, "a port name (substring) or empty", "input port to connect to", "--in")
+    output: str = _setting("", text, "a port name (substring) or empty", "output port to connect to", "--out")
+    virtual: bool = _setting(False, boolean, "true or false",
+                             "open virtual ports antiphon:in / antiphon:out for others to connect", "--virtual")
+    client_name: str = _setting(APP_NAME, text, "a name", "MIDI client name of the daemon's ports")
+    input_channel: int = _setting(0, number(0, 16, True), "0 (all channels) or 1..16", "channel listened to")
+    output_channel: int = _setting(1, number(1, 16, True), "1..16", "channel the answer plays on")
+
+
+@dataclass(frozen=True)
+class TempoSettings:
+    bpm: float = _setting(100.0, number(20, 400), "20..400", "tempo in quarter notes per minute")
+    meter: str = _setting("4/4", meter, "n/d with d in 2,4,8,16 and a bar of at most 31 sixteenths", "time signature")
+    follow_clock: bool = _setting(True, boolean, "true or false", "follow an external MIDI clock when present")
+
+
+@dataclass(frozen=True)
+class JamSettings:
+    wait: str | int = _setting("bar", either("bar", number(1, 64, True)), "\"bar\" or 1..64 sixteenths",
+                               "silence before answering: until the next bar line, or a number of 16ths")
+    handover_cc: int = _setting(-1, number(-1, 127, True), "-1 (off) or a controller 0..127",
+                                "controller (e.g. a foot switch) that hands over at once")
+    answer_bars: int = _setting(0, number(0, 16, True), "0 (as long as the call) or 1..16", "bars in an answer")
+    max_answer_bars: int = _setting(4, number(1, 16, True), "1..16", "longest answer when it follows the call")
+    temperature: float = _setting(1.0, number(0, 5), "0..5 (0 = greedy)", "sampling temperature")
+    top_p: float = _setting(0.95, number(0.01, 1), "0.01..1", "nucleus sampling mass")
+    seed: int = _setting(-1, number(-1, 2**31 - 1, True), "-1 (random) or 0..2147483647", "sampling seed")
+    late_policy: str = _setting("play", choice("play", "drop"), "play or drop",
+                                "what happens to an answer note that would still be late")
+    input_latency_ms: float = _setting(0.0, number(0, 500), "0..500", "keyboard latency subtracted from input")
+    output_latency_ms: float = _setting(0.0, number(0, 500), "0..500", "synth latency: notes are sent this early")
+    max_note_steps: int = _setting(16, number(1, 32, True), "1..32", "longest answer note in sixteenths")
+    velocity: str | int = _setting("follow", either("follow", number(1, 127, True)), "\"follow\" or 1..127",
+                                   "answer velocity: follow the player or fixed")
+    lead_ms: float = _setting(150.0, number(10, 2000), "10..2000",
+                              "how long before the answer's first bar line generation starts")
+    lookahead_steps: int = _setting(4, number(1, 32, True), "1..32",
+                                    "how far ahead of playback the answer is generated, in sixteenths")
+    echo_window_ms: float = _setting(100.0, number(0, 1000), "0..1000",
+                                     "an input note this soon after the same output note is our own echo")
+    barge_in: bool = _setting(True, boolean, "true or false", "stop the answer when the player plays")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    weights: str = _setting("transformer", text, "transformer, lstm or a weights folder",
+                            "weights: a shipped model or a folder", "--weights")
+    device: str = _setting("auto", choice("auto", "cpu", "cuda"), "auto, cpu or cuda", "where inference runs")
+    threads: int = _setting(1, number(1, 64, True), "1..64", "CPU threads for inference")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = _setting("", text, "a host name or empty (off)", "MQTT broker host", "--mqtt-host")
+    port: int = _setting(1883, number(1, 65535, True), "1..65535", "MQTT broker port", "--mqtt-port")
+    client_id: str = _setting("", text, "a string", "MQTT client id (empty: generated)")
+    username: str = _setting("", text, "a string", "MQTT user name")
+    password: str = _setting("", text, "a string", "MQTT password")
+    tls_ca: str = _setting("", text, "a file path or empty", "CA certificate file (enables TLS)")
+    tls_cert: str = _setting("", text, "a file path or empty", "client certificate file")
+    tls_key: str = _setting("", text, "a file path or empty", "client key file")
+    prefix: str = _setting("", text, "a topic prefix (empty: antiphon/<hostname>)", "MQTT topic prefix",
+                           "--mqtt-prefix")
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            object.__setattr__(self, "prefix", default_mqtt_prefix())
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = _setting("info", choice("debug", "info", "warning", "error"), "debug, info, warning or error",
+                          "log level")
+
+
+SECTIONS: dict[str, type] = {
+    "midi": MidiSettings,
+    "tempo": TempoSettings,
+    "jam": JamSettings,
+    "model": ModelSettings,
+    "mqtt": MqttSettings,
+    "log": LogSettings,
+}
+# TOML spells the ports "in"/"out" like the flags; "in" is a Python keyword, hence the renaming.
+KEY_ALIASES = {("midi", "in"): "input", ("midi", "out"): "output"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    midi: MidiSettings = field(default_factory=MidiSettings)
+    tempo: TempoSettings = field(default_factory=TempoSettings)
+    jam: JamSettings = field(default_factory=JamSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    source: str = "defaults"
+
+    @property
+    def steps_per_bar(self) -> int:
+        top, bottom = self.tempo.meter.split("/")
+        return int(top) * 16 // int(bottom)
+
+
+def toml_key(section: str, name: str) -> str:
+    return {v: k for (s, k), v in KEY_ALIASES.items() if s == section}.get(name, name)
+
+
+def flag_name(section: str, spec: Any) -> str:
+    flag = spec.metadata["flag"]
+    if flag:
+        return flag
+    prefix = "" if section in ("midi", "tempo", "jam", "model") else f"{section}-"
+    return "--" + prefix + spec.name.replace("_", "-")
+
+
+def default_config_path() -> Path:
+    """$XDG_CONFIG_HOME/antiphon/config.toml (~/.config when unset)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / APP_NAME / "config.toml"
+
+
+def _checked(source: str, section: str, spec: Any, value: Any) -> Any:
+    try:
+        return spec.metadata["check"](value)
+    except ValueError as error:
+        raise ConfigError(
+            f"{source}: [{section}] {toml_key(section, spec.name)} = {value!r} is {error}; "
+            f"allowed: {spec.metadata['allowed']}"
+        ) from None
+
+
+def _from_flag(spec: Any, raw: str) -> Any:
+    """A flag's text as the type its setting holds (a word stays a word for the check to judge)."""
+    if spec.metadata["check"] is text:
+        return raw
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def read_file(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def settings_from(document: dict, source: str, overrides: dict[tuple[str, str], Any] | None = None) -> Settings:
+    """Settings from a parsed TOML document plus flag overrides {(section, name): raw text or value}."""
+    overrides = overrides or {}
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section [{unknown[0]}]; known: {', '.join(SECTIONS)}")
+    built = {}
+    for section, cls in SECTIONS.items():
+        table = document.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {section} must be a table [{section}]")
+        specs = {toml_key(section, f.name): f for f in fields(cls)}
+        stray = sorted(set(table) - set(specs))
+        if stray:
+            raise ConfigError(f"{source}: unknown key [{section}] {stray[0]}; known: {', '.join(specs)}")
+        values = {}
+        for key, spec in specs.items():
+            if (section, spec.name) in overrides:
+                raw = overrides[(section, spec.name)]
+                value = _from_flag(spec, raw) if isinstance(raw, str) else raw
+                values[spec.name] = _checked(flag_name(section, spec), section, spec, value)
+            elif key in table:
+                values[spec.name] = _checked(source, section, spec, table[key])
+        built[section] = cls(**values)
+    return Settings(**built, source=source)
+
+
+def load_settings(path: str | os.PathLike | None, overrides: dict | None = None) -> Settings:
+    """The file at `path` (or the default path when it exists, else defaults) with flags applied."""
+    if path is None:
+        candidate = default_config_path()
+        if not candidate.exists():
+            return settings_from({}, "defaults", overrides)
+        path = candidate
+    return settings_from(read_file(Path(path)), str(path), overrides)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (its value overrides the config file)."""
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"[{section}] settings")
+        for spec in fields(cls):
+            dest = f"set:{section}:{spec.name}"
+            flag = flag_name(section, spec)
+            help_text = f"{spec.metadata['help']} ({spec.metadata['allowed']})"
+            if spec.metadata["check"] is boolean:
+                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                group.add_argument(flag, dest=dest, default=None, metavar=spec.name.upper(), help=help_text)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    """The settings given as flags, keyed (section, name)."""
+    found = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("set:") and value is not None:
+            _, section, name = dest.split(":")
+            found[(section, name)] = value
+    return found
+
+
+def with_setting(settings: Settings, section: str, name: str, value: Any) -> Settings:
+    """A copy with one setting changed, checked like the file's; raises ConfigError."""
+    spec = {f.name: f for f in fields(SECTIONS[section])}[name]
+    checked = _checked("setting", section, spec, value)
+    return replace(settings, **{section: replace(getattr(settings, section), **{name: checked})})

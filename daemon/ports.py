@@ -1,0 +1,316 @@
+"""The daemon's MIDI input and output, kept connected by name.
+
+python-rtmidi does the I/O (ALSA by default, JACK on request); mido parses and builds the
+messages. A port given by name is matched by substring against the live port list and
+re-matched the same way when it comes back (never by index: ALSA client numbers change).
+RtMidi gives no disconnect signal, so `watch()` polls the port list. Without any MIDI subsystem
+(no ALSA sequencer, no JACK server) `open()` raises MidiUnavailable with the reason, and
+`watch()` retries with backoff.
+
+Incoming messages are timestamped in rtmidi's thread the moment they arrive and handed to the
+event loop in one place (`_arrived`), through a bounded buffer: a flood drops the oldest
+messages (counted) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import mido
+import rtmidi
+
+log = logging.getLogger("antiphon.ports")
+
+APIS = {"alsa": rtmidi.API_LINUX_ALSA, "jack": rtmidi.API_UNIX_JACK}
+API_LABELS = {"alsa": "the ALSA sequencer", "jack": "the JACK server"}
+WATCH_INTERVAL_S = 0.5
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+INPUT_BUFFER = 4096
+
+Receiver = Callable[[mido.Message, float], None]
+EventSink = Callable[[dict], None]
+
+
+class MidiUnavailable(Exception):
+    """No MIDI subsystem to talk to; the message says which and why."""
+
+
+def _client(kind: type, api: str, name: str):
+    try:
+        return kind(APIS[api], name)
+    except rtmidi.SystemError as error:
+        raise MidiUnavailable(f"{API_LABELS[api]} is not available ({error})") from None
+
+
+def list_ports(api: str, client_name: str = "antiphon-list") -> tuple[list[str], list[str]]:
+    """(ports one can listen to, ports one can play to) right now; raises MidiUnavailable."""
+    midi_in, midi_out = _client(rtmidi.MidiIn, api, client_name), _client(rtmidi.MidiOut, api, client_name)
+    try:
+        return midi_in.get_ports(), midi_out.get_ports()
+    finally:
+        midi_in.delete()
+        midi_out.delete()
+
+
+def find_port(names: list[str], wanted: str, exclude: set[str] = frozenset()) -> str | None:
+    """The first port whose name contains `wanted` (case-insensitive), ours excluded."""
+    for name in names:
+        if wanted.lower() in name.lower() and name not in exclude:
+            return name
+    return None
+
+
+@dataclass
+class PortStatus:
+    name: str
+    connected: bool = False
+    full_name: str = ""  # what the name matched, or our virtual port's listed name
+
+    def as_dict(self) -> dict:
+        return {"name": self.full_name or self.name, "connected": self.connected}
+
+
+class _InputBuffer:
+    """rtmidi thread -> event loop, bounded; the loop is woken once per burst."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Receiver) -> None:
+        self.loop = loop
+        self.deliver = deliver
+        self.items: deque[tuple[bytes, float]] = deque()
+        self.lock = threading.Lock()
+        self.dropped = 0
+        self._scheduled = False
+
+    def put(self, data: bytes, arrived: float) -> None:
+        with self.lock:
+            if len(self.items) >= INPUT_BUFFER:
+                self.items.popleft()
+                self.dropped += 1
+            self.items.append((data, arrived))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:  # the loop is closed: the daemon is exiting
+            pass
+
+    def drain(self) -> None:
+        with self.lock:
+            batch, self.items = self.items, deque()
+            self._scheduled = False
+        for data, arrived in batch:
+            try:
+                message = mido.Message.from_bytes(data)
+            except (ValueError, TypeError):
+                continue
+            self.deliver(message, arrived)
+
+
+class MidiPorts:
+    """One input and one output: by name (substring) or virtual (`<client>:in`, `<client>:out`)."""
+
+    def __init__(
+        self,
+        api: str,
+        client_name: str,
+        input_name: str,
+        output_name: str,
+        virtual: bool,
+        receive: Receiver,
+        on_event: EventSink,
+    ) -> None:
+        self.api = api
+        self.client_name = client_name
+        self.receive = receive
+        self.on_event = on_event
+        # With no name a side gets a virtual port, so `antiphon run` alone is usable by others.
+        self.input = PortStatus(input_name or f"{client_name}:in")
+        self.output = PortStatus(output_name or f"{client_name}:out")
+        self.input_virtual = virtual or not input_name
+        self.output_virtual = virtual or not output_name
+        self.available = False
+        self.reason = ""
+        self._in: rtmidi.MidiIn | None = None
+        self._out: rtmidi.MidiOut | None = None
+        self._lister: tuple[rtmidi.MidiIn, rtmidi.MidiOut] | None = None
+        self._buffer: _InputBuffer | None = None
+        self._send_lock = threading.Lock()
+
+    @property
+    def dropped(self) -> int:
+        return self._buffer.dropped if self._buffer else 0
+
+    def status(self) -> dict:
+        return {"in": self.input.as_dict(), "out": self.output.as_dict()}
+
+    # -- lifecycle --------------------------------------------------------------------
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open both sides; raises MidiUnavailable when there is no MIDI subsystem.
+
+        A named port that does not exist yet is not an error: it is connected when it appears."""
+        self._buffer = _InputBuffer(loop, self.receive)
+        self.close()
+        self._lister = (_client(rtmidi.MidiIn, self.api, f"{self.client_name}-watch"),
+                        _client(rtmidi.MidiOut, self.api, f"{self.client_name}-watch"))
+        self._in = _client(rtmidi.MidiIn, self.api, self.client_name)
+        self._out = _client(rtmidi.MidiOut, self.api, self.client_name)
+        # Sysex and active sensing stop here; clock and start/stop go on to the clock follower.
+        self._in.ignore_types(sysex=True, timing=False, active_sense=True)
+        self._in.set_callback(self._arrived)
+        if self.input_virtual:
+            self._in.open_virtual_port("in")
+        if self.output_virtual:
+            self._out.open_virtual_port("out")
+        self.available, self.reason = True, ""
+        self._refresh(announce=False)
+
+    def close(self) -> None:
+        for port in (self._in, self._out, *(self._lister or ())):
+            if port is not None:
+                try:
+                    port.close_port()
+                    port.delete()
+                except Exception as error:  # already gone with its server
+                    log.debug("closing a port: %s", error)
+        self._in = self._out = self._lister = None
+        self.input.connected = self.output.connected = False
+        self.available = False
+
+    def send(self, message: mido.Message) -> None:
+        out = self._out
+        if out is None or not self.output.connected:
+            return
+        with self._send_lock:
+            out.send_message(message.bytes())
+
+    async def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Poll the port lists forever: reconnect by name; reopen everything after a MIDI outage."""
+        backoff = BACKOFF_FIRST_S
+        while True:
+            if not self.available:
+                try:
+                    self.open(loop)
+                except MidiUnavailable as error:
+                    if str(error) != self.reason:
+                        log.warning("MIDI unavailable: %s; retrying with backoff", error)
+                    self.reason = str(error)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                log.info("MIDI available again (%s)", self.api)
+                self.on_event({"type": "midi_available"})
+                backoff = BACKOFF_FIRST_S
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                self._refresh(announce=True)
+            except Exception as error:  # the server went away under us
+                self.reason = f"{API_LABELS[self.api]} went away ({error})"
+                log.warning("MIDI lost: %s", self.reason)
+                self.close()
+                self.on_event({"type": "midi_lost", "reason": self.reason})
+
+    # -- internals --------------------------------------------------------------------
+    def _arrived(self, event: tuple[list[int], float], _data: object = None) -> None:
+        # rtmidi's thread: stamp it now, hand it over in one place.
+        arrived = time.monotonic()
+        if self._buffer is not None:
+            self._buffer.put(bytes(event[0]), arrived)
+
+    def _listing(self) -> tuple[list[str], list[str]]:
+        assert self._lister is not None
+        sources, destinations = self._lister[0].get_ports(), self._lister[1].get_ports()
+        if self.api == "jack" and not sources and not destinations and (self.input_virtual or self.output_virtual):
+            # Our own virtual ports always list; none at all means the server is gone.
+            raise MidiUnavailable("no ports listed")
+        return sources, destinations
+
+    def _refresh(self, announce: bool) -> None:
+        sources, destinations = self._listing()
+        own = self._own_ports(sources, destinations)
+        if self.input_virtual:
+            self.input.connected = True
+            self.input.full_name = next((n for n in destinations if n in own), self.input.name)
+        else:
+            self._follow(self.input, self._in, sources, own, "input", announce)
+        if self.output_virtual:
+            self.output.connected = True
+            self.output.full_name = next((n for n in sources if n in own), self.output.name)
+        else:
+            self._follow(self.output, self._out, destinations, own, "output", announce)
+
+    def _own_ports(self, sources: list[str], destinations: list[str]) -> set[str]:
+        own = set()
+        for name in (*sources, *destinations):
+            client = name.split(":", 1)[0]
+            if client == self.client_name or client.startswith(f"{self.client_name}-"):
+                own.add(name)
+        return own
+
+    def _follow(self, status: PortStatus, port, names: list[str], own: set[str], side: str, announce: bool) -> None:
+        if status.connected and status.full_name in names:
+            return
+        if status.connected:
+            status.connected = False
+            port.close_port()
+            log.warning("MIDI %s port %r disappeared; waiting for it to come back", side, status.full_name)
+            self.on_event({"type": "port_lost", "port": side, "name": status.full_name})
+            return
+        match = find_port(names, status.name, own)
+        if match is None:
+            if not announce and not status.full_name:
+                log.warning("MIDI %s port matching %r not found; connecting when it appears", side, status.name)
+                status.full_name = status.name
+            return
+        port.open_port(names.index(match), side)
+        status.connected, status.full_name = True, match
+        log.info("MIDI %s connected to %r", side, match)
+        if announce:
+            self.on_event({"type": "port_regained", "port": side, "name": match})
+
+
+class LoopbackPorts:
+    """An in-process port pair with the MidiPorts interface, for a machine with no MIDI at all.
+
+    `play(message)` is the keyboard side (arrives at the daemon's input, timestamped now);
+    every message the daemon sends is handed to `on_output(message, time)`."""
+
+    def __init__(self, receive: Receiver, on_event: EventSink, on_output: Receiver | None = None) -> None:
+        self.receive = receive
+        self.on_event = on_event
+        self.on_output = on_output
+        self.api = "in-process"
+        self.available = False
+        self.reason = ""
+        self.dropped = 0
+        self.input = PortStatus("in-process:in", full_name="in-process:in")
+        self.output = PortStatus("in-process:out", full_name="in-process:out")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def status(self) -> dict:
+        return {"in": self.input.as_dict(), "out": self.output.as_dict()}
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.available = self.input.connected = self.output.connected = True
+
+    def close(self) -> None:
+        self.available = self.input.connected = self.output.connected = False
+
+    def play(self, message: mido.Message) -> None:
+        assert self._loop is not None
+        self.receive(message, self._loop.time())
+
+    def send(self, message: mido.Message) -> None:
+        if self.on_output is not None and self._loop is not None:
+            self.on_output(message, self._loop.time())
+
+    async def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        await asyncio.Event().wait()

@@ -1,0 +1,145 @@
+"""`antiphon-train`: fit, evaluate and stats over folders of MIDI files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _fit_parser(commands) -> None:
+    parser = commands.add_parser(
+        "fit",
+        help="train weights on a data folder (the paper's recipe by default)",
+        description="Train a model on DATA (train/ and test/ subfolders, or one folder split by file) into a "
+        "weights folder OUT: best weights (model.safetensors, config.json), train_log.jsonl, loss.png, "
+        "checkpoint/. Defaults are the paper's recipe (Section 5.2).",
+    )
+    parser.add_argument("data", type=Path, help="data folder")
+    parser.add_argument("--model", choices=("lstm", "transformer"), help="model kind (required unless --resume)")
+    parser.add_argument("--out", type=Path, required=True, help="output weights folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint")
+    recipe = parser.add_argument_group("recipe (fixed for a run; a resumed run keeps the checkpoint's)")
+    recipe.add_argument("--batch-size", type=int, help="windows per step and process (paper: 8)")
+    recipe.add_argument("--lr", type=float, help="initial learning rate (paper: LSTM 5e-4, Transformer 1e-3)")
+    recipe.add_argument("--lr-decay", type=float, help="lr factor per epoch (paper: LSTM 0.8, Transformer 1)")
+    recipe.add_argument("--lr-floor", type=float, help="lowest lr (paper: LSTM 5e-5)")
+    recipe.add_argument("--epoch-fraction", type=float, help="share of the training windows per epoch (paper: 0.02)")
+    recipe.add_argument("--augment-transpose", action="store_true", default=None,
+                        help="transpose each training window by a random interval within the piano range")
+    recipe.add_argument("--eval-windows", type=int,
+                        help="evaluate each epoch on a seeded fixed sample of N test windows (default: all)")
+    recipe.add_argument("--test-ratio", type=float, help="test share of files when DATA has no train/ test/ (0.1)")
+    recipe.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    recipe.add_argument("--model-config", type=json.loads,
+                        help="JSON object overriding the model's default config, e.g. '{\"hidden_size\": 64}'")
+    limits = parser.add_argument_group("limits (free to change on --resume)")
+    limits.add_argument("--max-epochs", type=int, default=100, help="stop after this many epochs (100)")
+    limits.add_argument("--patience", type=int, default=3,
+                        help="stop when the test loss has not improved for this many epochs (3)")
+    limits.add_argument("--max-steps", type=int, help="checkpoint and stop once the run has made this many steps")
+    limits.add_argument("--max-hours", type=float, help="checkpoint and stop after this process ran this long")
+    machine = parser.add_argument_group("machine")
+    machine.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    machine.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
+    machine.add_argument("--no-amp", action="store_true", help="no bf16 mixed precision on CUDA")
+    machine.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_fit(args) -> int:
+    from training.fit import Limits, Recipe, describe_stop, fit
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chosen = {
+        "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay, "lr_floor": args.lr_floor,
+        "epoch_fraction": args.epoch_fraction, "augment_transpose": args.augment_transpose,
+        "eval_windows": args.eval_windows, "test_ratio": args.test_ratio, "seed": args.seed,
+        "model_config": args.model_config,
+    }
+    limits = Limits(args.max_epochs, args.patience, args.max_steps, args.max_hours)
+    if args.resume:
+        result = fit(args.data, args.out, None, limits, resume=True, device=args.device, amp=not args.no_amp,
+                     progress=not args.no_progress, expect=dict(chosen, model=args.model))
+    else:
+        if args.model is None:
+            raise UsageError("fit: --model lstm|transformer is required for a new run")
+        result = fit(args.data, args.out, Recipe.paper(args.model, **chosen), limits, device=args.device,
+                     amp=not args.no_amp, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(describe_stop(result))
+        if result.stop in ("signal", "max_steps", "max_hours"):
+            print(f"resume with: antiphon-train fit {args.data} --out {args.out} --resume")
+    return 0
+
+
+def _evaluate_parser(commands) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="mean NLL per token of weights on a data folder's windows",
+        description="Mean NLL per token of WEIGHTS_DIR on the 257-token windows of DATA_DIR (its test/ subfolder "
+        "when it has train/ and test/), plain and renormalised over the tokens the grammar allows.",
+    )
+    parser.add_argument("weights", type=Path, help="weights folder")
+    parser.add_argument("data", type=Path, help="data folder")
+    parser.add_argument("--windows", type=int, help="a seeded sample of N windows (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the window sample (0)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", help="cpu, cuda ... (default: CUDA when present)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_evaluate(args) -> int:
+    from training.evaluate import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = evaluate(args.weights, args.data, args.windows, args.seed, args.batch_size, args.device,
+                      progress=not args.json and sys.stderr.isatty(), report=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"{result.kind} weights {result.weights} on {result.data}: {result.windows:,} of {result.windows_total:,} windows")
+    print(f"  NLL per token          {result.nll:.4f} ± {result.stderr:.4f}")
+    print(f"  NLL under the grammar  {result.nll_grammar:.4f} ± {result.stderr_grammar:.4f}")
+    if result.masked_targets:
+        print(f"  {result.masked_targets} targets the grammar forbids were left out of the grammar NLL")
+    print(f"  {result.seconds:.1f} s")
+    return 0
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="antiphon-train", description="Train and evaluate Antiphon weights.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _fit_parser(commands)
+    _evaluate_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from daemon.weights import WeightsError
+    from training.checkpoint import CheckpointError
+    from training.dataset import DataError
+    from training.fit import FitError
+    from training.midi_loading import MidiLoadError
+
+    args = build_parser().parse_args(argv)
+    runners = {"fit": _run_fit, "evaluate": _run_evaluate}
+    try:
+        return runners[args.command](args)
+    except (UsageError, FitError, DataError, CheckpointError, WeightsError, MidiLoadError) as error:
+        print(f"antiphon-train {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

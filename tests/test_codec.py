@@ -60,15 +60,14 @@ def test_vocabulary_has_the_papers_153_ids() -> None:
 
 
 def test_every_token_has_exactly_one_kind_and_its_value_round_trips() -> None:
+    rebuilt = {"bar": lambda v: BAR, "offset": offset_token, "pitch": pitch_token, "duration": duration_token}
     counts = {"bar": 0, "offset": 0, "pitch": 0, "duration": 0}
     for token in range(VOCAB_SIZE):
         kinds = [is_bar(token), is_offset(token), is_pitch(token), is_duration(token)]
         assert sum(kinds) == 1, token
         kind = ("bar", "offset", "pitch", "duration")[kinds.index(True)]
         counts[kind] += 1
-        value = token_value(token)
-        rebuilt = {"bar": lambda v: BAR, "offset": offset_token, "pitch": pitch_token, "duration": duration_token}
-        assert rebuilt[kind](value) == token
+        assert rebuilt[kind](token_value(token)) == token
     assert counts == {"bar": 1, "offset": 32, "pitch": 88, "duration": 32}
 
 

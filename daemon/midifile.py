@@ -57,7 +57,7 @@ def bar_starts_from(time_signatures: Sequence[tuple[int, int, int]], end: int) -
 
 
 def read_midi(path: str | os.PathLike) -> tuple[list[Note], list[int]]:
-    """Notes (16th steps, start and duration each rounded as muspy rounds them) and bar lines.
+    """Notes (16th steps, start and end rounded as muspy rounds them) and bar lines.
 
     Drums (channel 10) are left out; notes never released end at the file's last event."""
     try:
@@ -90,4 +90,5 @@ def read_midi(path: str | os.PathLike) -> tuple[list[Note], list[int]]:
 
 
 def _note(start: int, end: int, pitch: int, velocity: int, steps_per_tick: float) -> Note:
-    return Note(round(start * steps_per_tick), pitch, round((end - start) * steps_per_tick), velocity)
+    first = round(start * steps_per_tick)
+    return Note(first, pitch, round(end * steps_per_tick) - first, velocity)

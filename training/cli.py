@@ -113,6 +113,25 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _stats_parser(commands) -> None:
+    parser = commands.add_parser(
+        "stats",
+        help="files, notes, tokens and training windows of a folder of MIDI files",
+        description="Files read and skipped, notes kept and dropped (by reason), tokens, and 257-token training "
+        "windows at stride 1 of DIR (per split when it has train/ and test/).",
+    )
+    parser.add_argument("folder", type=Path, help="folder of MIDI files")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_stats(args) -> int:
+    from training.stats import data_stats, format_stats
+
+    stats = data_stats(args.folder)
+    print(json.dumps(stats) if args.json else "\n".join(format_stats(stats)))
+    return 0
+
+
 class UsageError(Exception):
     pass
 
@@ -122,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _fit_parser(commands)
     _evaluate_parser(commands)
+    _stats_parser(commands)
     return parser
 
 
@@ -133,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.midi_loading import MidiLoadError
 
     args = build_parser().parse_args(argv)
-    runners = {"fit": _run_fit, "evaluate": _run_evaluate}
+    runners = {"fit": _run_fit, "evaluate": _run_evaluate, "stats": _run_stats}
     try:
         return runners[args.command](args)
     except (UsageError, FitError, DataError, CheckpointError, WeightsError, MidiLoadError) as error:

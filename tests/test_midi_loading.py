@@ -80,12 +80,13 @@ def test_notes_land_on_16th_steps(tmp_path: Path) -> None:
     assert_consistent(loaded)
 
 
-def test_only_notes_shorter_than_half_a_step_are_dropped(tmp_path: Path) -> None:
-    # 50 ticks (0.42 step) across a rounding boundary, and 108 ticks (0.9 step) that starts and
-    # ends in the same rounding cell: the duration decides, not where the note's ends round to.
+def test_notes_whose_start_and_end_round_together_are_dropped(tmp_path: Path) -> None:
+    # Start and end round to the grid as muspy's adjust_resolution (the paper's loader) rounds
+    # them: 50 ticks (0.42 step) across a rounding boundary keep one step; 108 ticks (0.9 step)
+    # that start and end in the same rounding cell round to duration 0 and are dropped.
     path = write(tmp_path / "short.mid", track(note(60, 40, 50), note(62, 666, 108)))
     loaded = load_midi(path)
-    assert steps(loaded) == [(6, 62, 1)]
+    assert steps(loaded) == [(0, 60, 1)]
     assert loaded.dropped == {"too_short": 1}
 
 

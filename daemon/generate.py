@@ -99,4 +99,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bpm", type=float, default=120.0, help="tempo written to the MIDI file")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--out", required=True, help="MIDI file to write; the PNG goes beside it")
-    parser.set_defaults(func=run_generate)
+    parser.set_defaults(handler=run_generate)

@@ -9,7 +9,7 @@ from daemon.codec import Note
 from daemon.midifile import write_midi
 
 # Tiny configs: the tests check plumbing, not music.
-TINY_LSTM = {"embed_dim": 8, "hidden_size": 16, "num_layers": 1, "fc1": 16, "fc2": 16}
+TINY_LSTM = {"embed_dim": 8, "hidden_size": 16, "num_layers": 2, "fc1": 16, "fc2": 16}
 TINY_TRANSFORMER = {"d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 16, "max_distance": 15}
 
 

@@ -1,0 +1,228 @@
+"""`antiphon-train fit`: smoke run of both full-size models into the daemon, exact resume, signals, bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daemon.codec import BAR
+from daemon.engine import Engine
+from daemon.grammar import INITIAL, advance, next_mask
+from daemon.model import parameter_count
+from daemon.sampling import make_generator, sample
+from daemon.weights import load_weights
+from training.checkpoint import load_checkpoint
+from training.cli import main
+from training.evaluate import evaluate
+from training.fit import Limits, Recipe, fit
+from tiny_midi import TINY_LSTM, TINY_TRANSFORMER, write_broken, write_set, write_split
+
+TINY = {"lstm": TINY_LSTM, "transformer": TINY_TRANSFORMER}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_split(tmp_path_factory.mktemp("data"), train=6, test=2)
+
+
+def tiny_recipe(kind: str, **changes) -> Recipe:
+    # 6 files of ~160 windows: an epoch of 5% is 48 windows, 6 steps of 8
+    values = {"model_config": TINY[kind], "epoch_fraction": 0.05, "eval_windows": 64, "augment_transpose": True}
+    return Recipe.paper(kind, **{**values, **changes})
+
+
+def quiet_fit(data: Path, out: Path, recipe: Recipe | None, limits: Limits, resume: bool = False):
+    return fit(data, out, recipe, limits, resume=resume, device="cpu", progress=False, report=lambda line: None)
+
+
+def losses(history: list[dict]) -> list[tuple[int, float, float, float]]:
+    return [(r["epoch"], r["train_loss"], r["test_loss"], r["lr"]) for r in history]
+
+
+def assert_same_run(one, other, out_one: Path, out_other: Path) -> None:
+    assert len(one.history) == len(other.history)
+    for a, b in zip(losses(one.history), losses(other.history)):
+        assert a[0] == b[0]
+        assert a[1:] == pytest.approx(b[1:], abs=1e-6)
+    assert (one.step, one.best_epoch) == (other.step, other.best_epoch)
+    first, second = load_checkpoint(out_one / "checkpoint"), load_checkpoint(out_other / "checkpoint")
+    for name, tensor in first.model.items():
+        assert torch.allclose(tensor, second.model[name], atol=1e-6), name
+    a, b = load_weights(out_one).model.state_dict(), load_weights(out_other).model.state_dict()
+    assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_resume_at_epoch_and_mid_epoch_equals_one_go(data, tmp_path, kind):
+    recipe, epochs = tiny_recipe(kind), 4
+    one_go = quiet_fit(data, tmp_path / "one", recipe, Limits(max_epochs=epochs, patience=10))
+    assert one_go.stop == "max_epochs" and len(one_go.history) == epochs and one_go.step == 6 * epochs
+
+    half = quiet_fit(data, tmp_path / "halves", recipe, Limits(max_epochs=epochs // 2, patience=10))
+    assert half.stop == "max_epochs" and half.epoch == epochs // 2
+    halves = quiet_fit(data, tmp_path / "halves", None, Limits(max_epochs=epochs, patience=10), resume=True)
+    assert_same_run(one_go, halves, tmp_path / "one", tmp_path / "halves")
+
+    # stopped in the middle of epoch 2, then again in the middle of epoch 3
+    first = quiet_fit(data, tmp_path / "mid", recipe, Limits(max_epochs=epochs, patience=10, max_steps=9))
+    assert first.stop == "max_steps" and first.step == 9 and first.epoch == 1
+    state = load_checkpoint(tmp_path / "mid" / "checkpoint").state
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 3)
+    quiet_fit(data, tmp_path / "mid", None, Limits(max_epochs=epochs, patience=10, max_steps=16), resume=True)
+    resumed = quiet_fit(data, tmp_path / "mid", None, Limits(max_epochs=epochs, patience=10), resume=True)
+    assert_same_run(one_go, resumed, tmp_path / "one", tmp_path / "mid")
+    log = [json.loads(line) for line in (tmp_path / "mid" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+
+
+def test_sigterm_mid_epoch_checkpoints_and_the_run_resumes_exactly(data, tmp_path):
+    from daemon.lstm import LSTMModel
+
+    recipe = tiny_recipe("lstm")
+    one_go = quiet_fit(data, tmp_path / "one", recipe, Limits(max_epochs=3, patience=10))
+    forwards = 0
+
+    def terminate_at_eighth_training_step(module, args, output):
+        nonlocal forwards
+        if isinstance(module, LSTMModel) and module.training:
+            forwards += 1
+            if forwards == 8:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(terminate_at_eighth_training_step)
+    try:
+        stopped = quiet_fit(data, tmp_path / "cut", recipe, Limits(max_epochs=3, patience=10))
+    finally:
+        handle.remove()
+    assert stopped.stop == "signal" and stopped.step == 8
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+    resumed = quiet_fit(data, tmp_path / "cut", None, Limits(max_epochs=3, patience=10), resume=True)
+    assert_same_run(one_go, resumed, tmp_path / "one", tmp_path / "cut")
+
+
+def test_learning_rate_schedules_are_the_papers():
+    lstm = Recipe.paper("lstm")
+    assert (lstm.batch_size, lstm.epoch_fraction, lstm.augment_transpose) == (8, 0.02, False)
+    assert [lstm.lr_at(e) for e in range(3)] == pytest.approx([5e-4, 4e-4, 3.2e-4])
+    assert lstm.lr_at(10) == pytest.approx(5e-4 * 0.8**10) and lstm.lr_at(11) == 5e-5 and lstm.lr_at(50) == 5e-5
+    transformer = Recipe.paper("transformer")
+    assert {transformer.lr_at(e) for e in range(20)} == {1e-3}
+
+
+def test_patience_stops_and_keeps_the_best_epoch(data, tmp_path):
+    # an lr of 1e-30 leaves the weights as they are, so the test loss never improves after epoch 1
+    result = quiet_fit(data, tmp_path / "run", tiny_recipe("lstm", lr=1e-30, lr_floor=0.0), Limits(max_epochs=10, patience=2))
+    assert result.stop == "patience" and result.epoch == 3 and result.best_epoch == 1
+    meta = load_weights(tmp_path / "run").meta["provenance"]
+    assert meta["best_epoch"] == 1 and meta["epochs"] == 3 and meta["stop"] == "patience"
+
+
+def test_smoke_both_full_size_models_then_evaluate_then_the_daemon_plays(data, tmp_path):
+    for kind, parameters in (("lstm", 4_426_457), ("transformer", 4_326_041)):
+        out = tmp_path / kind
+        code = main([
+            "fit", str(data), "--model", kind, "--out", str(out), "--max-epochs", "1", "--epoch-fraction", "0.017",
+            "--eval-windows", "8", "--seed", "3", "--threads", "1", "--no-progress", "--device", "cpu",
+        ])
+        assert code == 0
+        assert {"model.safetensors", "config.json", "train_log.jsonl", "loss.png", "checkpoint"} <= {p.name for p in out.iterdir()}
+        assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        record = json.loads((out / "train_log.jsonl").read_text())
+        assert {"epoch", "train_loss", "test_loss", "lr", "tokens_per_s", "wall_time"} <= set(record)
+        assert record["epoch"] == 1 and record["steps"] == 2 and np.isfinite(record["test_loss"])
+        loaded = load_weights(out)
+        assert parameter_count(loaded.model) == parameters
+        provenance = loaded.meta["provenance"]
+        assert provenance["data_folder"] == str(data.resolve()) and provenance["recipe"]["seed"] == 3
+        assert provenance["best_epoch"] == 1 and provenance["test_nll"] == pytest.approx(record["test_loss"])
+        assert {"epochs", "steps", "device", "wall_seconds"} <= set(provenance)
+
+        result = evaluate(out, data, windows=8, seed=0, report=None)
+        assert result.windows == 8 and np.isfinite(result.nll) and result.nll_grammar <= result.nll
+
+        engine = Engine.load(out, device="cpu")
+        engine.reset((BAR,))
+        state, generator, tokens = advance(INITIAL, BAR), make_generator(0), []
+        for _ in range(12):
+            token = sample(engine.logits, next_mask(state), 1.0, 1.0, generator)
+            state = advance(state, token)
+            engine.feed([token])
+            tokens.append(token)
+        assert len(tokens) == 12 and engine.position == 13
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_bad_data_and_misuse_are_clear_errors_not_tracebacks(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, text = run_cli(["fit", str(tmp_path / "empty"), "--model", "lstm", "--out", str(tmp_path / "o1")], capsys)
+    assert code == 2 and "no MIDI files" in text and "Traceback" not in text
+
+    write_broken(tmp_path / "bad" / "train" / "a.mid")
+    write_broken(tmp_path / "bad" / "test" / "b.mid")
+    code, text = run_cli(["fit", str(tmp_path / "bad"), "--model", "lstm", "--out", str(tmp_path / "o2")], capsys)
+    assert code == 2 and "all 1 MIDI files failed to load" in text and "a.mid" in text
+
+    code, text = run_cli(["fit", str(tmp_path / "empty"), "--out", str(tmp_path / "o3"), "--resume"], capsys)
+    assert code == 2 and "no checkpoint to resume from" in text
+
+    code, text = run_cli(["fit", str(tmp_path / "empty"), "--out", str(tmp_path / "o3")], capsys)
+    assert code == 2 and "--model" in text
+
+
+def test_a_broken_file_is_skipped_and_counted_and_the_run_goes_on(tmp_path, capsys):
+    write_split(tmp_path / "data", train=2, test=1)
+    write_broken(tmp_path / "data" / "train" / "zz broken.mid")
+    args = ["fit", str(tmp_path / "data"), "--model", "lstm", "--out", str(tmp_path / "out"), "--max-epochs", "1",
+            "--model-config", json.dumps(TINY_LSTM), "--epoch-fraction", "0.02", "--eval-windows", "16", "--no-progress"]
+    code, text = run_cli(args, capsys)
+    assert code == 0
+    assert "skipped" in text and "zz broken.mid" in text
+    assert load_weights(tmp_path / "out").meta["provenance"]["data"]["train"]["files"] == 2
+
+    # the same --out again without --resume is refused; a resume that changes the recipe is refused
+    code, text = run_cli(args, capsys)
+    assert code == 2 and "already holds a run" in text
+    code, text = run_cli(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--resume", "--lr", "0.1"], capsys)
+    assert code == 2 and "differs from the checkpoint" in text
+    # the limits may change on resume
+    code, text = run_cli(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--resume", "--max-epochs", "2",
+                          "--no-progress"], capsys)
+    assert code == 0 and "epoch 2:" in text
+
+
+def test_checkpoint_is_json_and_safetensors_and_survives_a_torn_write(data, tmp_path):
+    quiet_fit(data, tmp_path / "run", tiny_recipe("lstm"), Limits(max_epochs=1))
+    folder = tmp_path / "run" / "checkpoint"
+    states = [p for p in folder.iterdir() if p.is_dir()]
+    assert len(states) == 1
+    assert {p.suffix for p in states[0].iterdir()} == {".safetensors", ".json"}
+    good = load_checkpoint(folder)
+    # a save killed midway leaves a temporary folder and a half-written state: latest.json still wins
+    (folder / ".tmp-step-00000099-epoch-0009-1").mkdir()
+    (folder / ".tmp-step-00000099-epoch-0009-1" / "model.safetensors").write_bytes(b"partial")
+    (folder / "step-00000099-epoch-0009").mkdir()
+    again = load_checkpoint(folder)
+    assert again.state["step"] == good.state["step"] == 6
+    assert set(again.model) == set(good.model)
+    # and the run resumes and cleans them up
+    quiet_fit(data, tmp_path / "run", None, Limits(max_epochs=2), resume=True)
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["step-00000012-epoch-0002"]

@@ -14,8 +14,9 @@ state and the last bar so the model's own tokens can be appended to the same str
 
 from __future__ import annotations
 
+import copy
 import heapq
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Iterable
 
 from daemon.codec import (
@@ -43,9 +44,10 @@ def quantise(position: float) -> int:
 class TokenStream:
     """Tokens so far (the opening BAR included), the grammar state and the step of the last bar."""
 
-    def __init__(self, steps_per_bar: int) -> None:
+    def __init__(self, steps_per_bar: int, history: int = 256) -> None:
         self.steps_per_bar = steps_per_bar
         self.count = 0
+        self.tokens: deque[int] = deque(maxlen=history)  # the latest tokens, what a model is primed with
         self.state: GrammarState = INITIAL
         self.last_bar = 0
         self._offset = 0
@@ -61,10 +63,26 @@ class TokenStream:
             first = self.count == 0
             self.state = advance(self.state, int(token))
             self.count += 1
+            self.tokens.append(int(token))
             if is_offset(token):
                 self._offset = token_value(token)
             elif token == BAR and not first:
                 self.last_bar += self._offset
+
+    def copy(self) -> "TokenStream":
+        return copy.deepcopy(self)
+
+    @property
+    def last_note(self) -> tuple[int, int] | None:
+        """(start, pitch) of the latest note since the last bar."""
+        if self.state.last_offset < 0:
+            return None
+        return self.last_bar + self.state.last_offset, self.state.last_pitch
+
+    def can_take(self, note: Note) -> bool:
+        """The note comes after everything in the stream (encoder order)."""
+        last = self.last_note
+        return note.start >= self.last_bar and (last is None or (note.start, note.pitch) > last)
 
     def bar_tokens_to(self, step: int) -> list[int]:
         """Bar lines of the meter up to and including `step` (not appended)."""

@@ -21,6 +21,9 @@ import mido
 log = logging.getLogger("antiphon.output")
 
 SUSTAIN = 64
+# The loop's timers wake up to a millisecond late (epoll rounds its timeout up), so a note-on
+# is woken this much early and waits out the rest on the monotonic clock.
+EARLY_WAKE_S = 0.002
 ALL_SOUND_OFF = 120
 ALL_NOTES_OFF = 123
 
@@ -80,12 +83,12 @@ class NoteOutput:
             self.stats.late_played += 1
         self.channels_used.add(channel)
         self._notes.add(note)
-        note.on_handle = self.loop.call_at(due, self._note_on, note)
+        note.on_handle = self.loop.call_at(due - EARLY_WAKE_S, self._note_on, note)
         return True
 
     def release_all(self) -> None:
         """Forget every note not yet started and end every sounding one (explicit note-offs only)."""
-        for note in list(self._notes):
+        for note in sorted(self._notes, key=lambda n: (n.on_time, n.channel, n.pitch)):
             if note.on_handle is not None:
                 note.on_handle.cancel()
             if note.sounding:
@@ -116,6 +119,8 @@ class NoteOutput:
     # -- callbacks --------------------------------------------------------------------
     def _note_on(self, note: _Scheduled) -> None:
         note.on_handle = None
+        while self.loop.time() < note.on_time:
+            pass  # at most EARLY_WAKE_S: a sleep could not wake this precisely
         key = (note.channel, note.pitch)
         for earlier in list(self._by_key.get(key, ())):
             self._note_off(earlier)

@@ -1,0 +1,327 @@
+"""The running daemon: ports, engine, session and side channels wired together.
+
+Lifecycle: load the weights (a worker thread), open the ports (or start degraded and keep
+retrying), log one line when ready and tell systemd. SIGTERM/SIGINT release every sounding note
+and exit 0; SIGHUP re-reads the config and applies what changed without dropping the MIDI
+connections that did not change; a bad new config is rejected with its message and the old one
+kept. The MQTT bridge and other observers use state(), apply_setting(), command() and
+add_listener().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from daemon import sdnotify
+from daemon.config import ConfigError, Settings, load_settings, with_setting
+from daemon.engine import Engine
+from daemon.jam import ANSWERING, JamSession
+from daemon.output import NoteOutput
+from daemon.paths import KINDS, shipped_weights
+from daemon.ports import MidiPorts, MidiUnavailable
+from daemon.weights import WeightsError, read_config
+
+log = logging.getLogger("antiphon")
+
+LIVE_SETTINGS = {"temperature": "jam", "top_p": "jam", "bpm": "tempo", "answer_bars": "jam"}
+PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
+# While inference runs in its worker thread, the loop must get the GIL back quickly.
+SWITCH_INTERVAL_S = 0.0005
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why (no traceback)."""
+
+
+def weights_folder(weights: str) -> Path:
+    """A shipped model by name (found beside the package, so an editable install works) or a folder."""
+    if weights in KINDS:
+        return shipped_weights(weights)
+    return Path(weights).expanduser()
+
+
+def check_weights(weights: str) -> tuple[Path, str]:
+    """(folder, model kind) of a usable weights folder; raises ValueError naming what is wrong."""
+    folder = weights_folder(weights)
+    try:
+        config, _ = read_config(folder)
+    except WeightsError as error:
+        raise ValueError(str(error)) from None
+    return folder, config.kind
+
+
+def load_engine(weights: str, device: str) -> Engine:
+    folder, _ = check_weights(weights)
+    try:
+        return Engine.load(folder, None if device == "auto" else device)
+    except WeightsError as error:
+        raise ValueError(str(error)) from None
+
+
+class JamApp:
+    """The daemon. `await run()` until SIGTERM or `stop()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: str | None = None,
+        overrides: dict | None = None,
+        ports_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.ports_factory = ports_factory
+        self.listeners: list[Callable[[dict], None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.session: JamSession | None = None
+        self.output: NoteOutput | None = None
+        self.ports = None
+        self.engine_kind = ""
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._mqtt: asyncio.Task | None = None
+        self._swap: asyncio.Task | None = None
+        self._status = ""
+
+    # -- interface for the MQTT bridge and other observers ------------------------------
+    def state(self) -> dict:
+        s = self.settings
+        folder = weights_folder(s.model.weights)
+        return {
+            "mode": self.mode,
+            "weights": {"path": str(folder), "kind": self.engine_kind},
+            "temperature": s.jam.temperature,
+            "top_p": s.jam.top_p,
+            "bpm": round(self.session.grid.bpm, 2) if self.session and self._clock_present() else s.tempo.bpm,
+            "meter": s.tempo.meter,
+            "answer_bars": s.jam.answer_bars,
+            "ports": self.ports.status() if self.ports else {"in": {"name": "", "connected": False},
+                                                             "out": {"name": "", "connected": False}},
+            "paused": bool(self.session and self.session.paused),
+        }
+
+    @property
+    def mode(self) -> str:
+        if self.ports is None or not self.ports.available:
+            return "degraded"
+        if self.session and self.session.paused:
+            return "paused"
+        if self.session and self.session.phase == ANSWERING:
+            return "answering"
+        return "listening"
+
+    def apply_setting(self, name: str, value: Any) -> asyncio.Task | None:
+        """Change one live setting; ValueError (changing nothing) on a bad name or value.
+
+        A weights change is checked at once and loaded in a worker thread; the returned task
+        finishes when the new model answers (or raises ValueError if it cannot be loaded)."""
+        if name == "weights":
+            if not isinstance(value, str) or not value:
+                raise ValueError("weights must be 'transformer', 'lstm' or a weights folder")
+            check_weights(value)
+            return self._start_swap(value)
+        if name not in LIVE_SETTINGS:
+            raise ValueError(f"unknown setting {name!r}; known: {', '.join([*LIVE_SETTINGS, 'weights'])}")
+        self._use(with_setting(self.settings, LIVE_SETTINGS[name], name, value))
+        return None
+
+    def command(self, action: str) -> None:
+        if self.session is None:
+            raise ValueError("the daemon is still starting")
+        if action == "pause":
+            self.session.pause()
+        elif action == "resume":
+            self.session.resume()
+        elif action == "panic":
+            self.session.stop_answer()
+            self.output.panic()
+        else:
+            raise ValueError(f"unknown action {action!r}; known: pause, resume, panic")
+        self._emit({"type": "state"})
+
+    def add_listener(self, callback: Callable[[dict], None]) -> None:
+        self.listeners.append(callback)
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def run(self) -> int:
+        self.loop = loop = asyncio.get_running_loop()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        torch.set_num_threads(self.settings.model.threads)
+        sdnotify.notify(f"STATUS=loading weights {self.settings.model.weights}")
+        try:
+            engine = await asyncio.to_thread(load_engine, self.settings.model.weights, self.settings.model.device)
+        except ValueError as error:
+            raise StartupError(f"cannot load weights: {error}") from None
+        self.engine_kind = engine.kind
+        self.output = NoteOutput(loop, self._send, self.settings.jam.late_policy,
+                                 self.settings.jam.output_latency_ms / 1000)
+        self.session = JamSession(loop, self.settings, engine, self.output, self._emit)
+        self.ports = self._make_ports(self.settings)
+        try:
+            self.ports.open(loop)
+        except MidiUnavailable as error:
+            self.ports.reason = str(error)
+            log.warning("starting degraded: %s; retrying with backoff", error)
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
+            loop.add_signal_handler(sig, handler)
+        self._tasks = [
+            loop.create_task(self.ports.watch(loop), name="ports"),
+            loop.create_task(sdnotify.watchdog_task(), name="watchdog"),
+        ]
+        self._start_mqtt()
+        await asyncio.wrap_future(self.session.worker.submit(lambda: None))  # engine primed
+        self._log_ready()
+        self.ready.set()
+        sdnotify.notify("READY=1", f"STATUS={self.mode}")
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1", "STATUS=stopping")
+        if self.session is not None:
+            self.session.stop_answer()
+            self.session.close()
+        if self.output is not None:
+            self.output.panic()
+        for task in [*self._tasks, *(t for t in (self._mqtt, self._swap) if t)]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(t for t in (self._mqtt,) if t), return_exceptions=True)
+        if self.ports is not None:
+            self.ports.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.loop.remove_signal_handler(sig)
+        log.info("stopped; nothing left sounding")
+
+    def reload(self) -> None:
+        """SIGHUP: the config file again (with the same flags on top)."""
+        try:
+            settings = load_settings(self.config_path, self.overrides)
+            if settings.model.weights != self.settings.model.weights:
+                check_weights(settings.model.weights)
+        except (ConfigError, ValueError) as error:
+            log.error("config reload rejected, keeping the running settings: %s", error)
+            return
+        old = self.settings
+        self._use(settings)
+        if settings.model.weights != old.model.weights:
+            self._start_swap(settings.model.weights)
+        if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
+            self._reopen_ports(settings)
+        if settings.mqtt != old.mqtt:
+            if self._mqtt is not None:
+                self._mqtt.cancel()
+                self._mqtt = None
+            self._start_mqtt()
+        logging.getLogger().setLevel(settings.log.level.upper())
+        log.info("config reloaded from %s", settings.source)
+
+    # -- internals --------------------------------------------------------------------
+    def _use(self, settings: Settings) -> None:
+        # The weights in use change only once a swap has loaded them.
+        self.settings = replace(settings, model=replace(settings.model, weights=self.settings.model.weights))
+        if self.session is not None:
+            self.session.update_settings(self.settings)
+        self._emit({"type": "state"})
+
+    def _start_swap(self, weights: str) -> asyncio.Task:
+        async def swap() -> None:
+            device = self.settings.model.device
+            engine = await asyncio.to_thread(load_engine, weights, device)
+            await asyncio.wrap_future(self.session.swap_engine(engine))
+            self.engine_kind = engine.kind
+            self.settings = replace(self.settings, model=replace(self.settings.model, weights=weights))
+            log.info("weights now %s (%s)", weights_folder(weights), engine.kind)
+            self._emit({"type": "state"})
+
+        if self._swap is not None and not self._swap.done():
+            self._swap.cancel()
+        self._swap = asyncio.get_running_loop().create_task(swap(), name="weights")
+        self._swap.add_done_callback(self._swap_done)
+        return self._swap
+
+    @staticmethod
+    def _swap_done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("weights not changed: %s", task.exception())
+
+    def _make_ports(self, settings: Settings):
+        if self.ports_factory is not None:
+            return self.ports_factory(self.session.receive, self._port_event)
+        m = settings.midi
+        return MidiPorts(m.api, m.client_name, m.input, m.output, m.virtual, self.session.receive, self._port_event)
+
+    def _reopen_ports(self, settings: Settings) -> None:
+        for task in self._tasks:
+            if task.get_name() == "ports":
+                task.cancel()
+        self.output.panic()
+        self.ports.close()
+        self.ports = self._make_ports(settings)
+        try:
+            self.ports.open(self.loop)
+        except MidiUnavailable as error:
+            self.ports.reason = str(error)
+            log.warning("MIDI unavailable after reload: %s; retrying with backoff", error)
+        self._tasks = [t for t in self._tasks if t.get_name() != "ports"]
+        self._tasks.append(self.loop.create_task(self.ports.watch(self.loop), name="ports"))
+        self._emit({"type": "state"})
+
+    def _start_mqtt(self) -> None:
+        if not self.settings.mqtt.host:
+            return
+        from daemon.mqtt import MqttBridge
+
+        self._mqtt = self.loop.create_task(MqttBridge(self, self.settings.mqtt).run(), name="mqtt")
+
+    def _send(self, message) -> None:
+        if self.ports is not None:
+            self.ports.send(message)
+
+    def _port_event(self, event: dict) -> None:
+        if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
+            self.session.stop_answer()
+            self.output.panic()
+        self._emit(event)
+        self._emit({"type": "state"})
+
+    def _emit(self, event: dict) -> None:
+        if event["type"] == "state":
+            status = f"STATUS={self.mode}"
+            if status != self._status:
+                self._status = status
+                sdnotify.notify(status)
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # an observer's bug must not stop the music
+                log.exception("event listener failed")
+
+    def _clock_present(self) -> bool:
+        return self.session.clock.present(self.loop.time())
+
+    def _log_ready(self) -> None:
+        status = self.ports.status()
+        where = (f"in={status['in']['name']} out={status['out']['name']}" if self.ports.available
+                 else f"degraded: {self.ports.reason}")
+        s = self.settings
+        log.info(
+            "ready: %s, weights %s (%s, %s), %g bpm %s, answers %s bars",
+            where, weights_folder(s.model.weights), self.engine_kind, self.session.engine.device,
+            s.tempo.bpm, s.tempo.meter, s.jam.answer_bars or f"as the call (max {s.jam.max_answer_bars})",
+        )

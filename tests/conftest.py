@@ -1,0 +1,36 @@
+"""Shared fixtures: a private JACK dummy server for the session, tiny random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from daemon.jack_server import JackServer, jackd_path
+
+
+@pytest.fixture(scope="session")
+def jack_server() -> Iterator[JackServer]:
+    """jackd -d dummy for the whole session (JACK_DEFAULT_SERVER points at it); killed at the end."""
+    if jackd_path() is None:
+        pytest.skip("jackd is not installed (apt install jackd2)")
+    # A short period keeps JACK's MIDI delivery granularity (one period) near a millisecond.
+    with JackServer(period=64) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A randomly initialised one-layer Transformer saved as a weights folder (fast to load and run)."""
+    import torch
+
+    from daemon.model import config_from_dict
+    from daemon.model import build_model
+    from daemon.weights import save_weights
+
+    torch.manual_seed(0)
+    config = config_from_dict({"kind": "transformer", "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64})
+    folder = tmp_path_factory.mktemp("weights") / "tiny"
+    save_weights(folder, build_model(config), config, {"purpose": "tests: random, untrained"})
+    return folder

@@ -1,0 +1,125 @@
+"""One TOML file with every setting, each also a flag; bad values rejected with key, value and what is allowed."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from dataclasses import fields
+
+import pytest
+
+from daemon.cli import build_parser, main
+from daemon.config import (
+    SECTIONS,
+    ConfigError,
+    default_config_path,
+    flag_name,
+    load_settings,
+    overrides_from,
+    settings_from,
+    toml_key,
+    with_setting,
+)
+
+
+def parse_run(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["run", *argv])
+
+
+def test_defaults_without_a_config_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    settings = load_settings(None)
+    assert settings.source == "defaults"
+    assert settings.midi.api == "alsa" and settings.tempo.meter == "4/4" and settings.steps_per_bar == 16
+    assert settings.model.weights == "transformer"
+    assert settings.mqtt.prefix == f"antiphon/{socket.gethostname()}"
+
+
+def test_default_path_is_in_the_users_config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert default_config_path() == tmp_path / "antiphon" / "config.toml"
+    default_config_path().parent.mkdir()
+    default_config_path().write_text("[tempo]\nbpm = 150\n")
+    settings = load_settings(None)
+    assert settings.tempo.bpm == 150.0 and settings.source == str(default_config_path())
+
+
+def test_file_then_flags(tmp_path):
+    path = tmp_path / "antiphon.toml"
+    path.write_text(
+        '[midi]\napi = "jack"\nin = "Keystation"\n\n[tempo]\nbpm = 90\nmeter = "3/4"\n\n'
+        '[jam]\ntemperature = 0.8\nvelocity = 100\n\n[mqtt]\nhost = "127.0.0.1"\nprefix = "studio/jam"\n'
+    )
+    args = parse_run("--config", str(path), "--bpm", "140", "--out", "Synth", "--virtual", "--seed", "7")
+    settings = load_settings(args.config, overrides_from(args))
+    assert settings.midi.api == "jack" and settings.midi.input == "Keystation" and settings.midi.output == "Synth"
+    assert settings.midi.virtual is True
+    assert settings.tempo.bpm == 140.0 and settings.steps_per_bar == 12
+    assert settings.jam.temperature == 0.8 and settings.jam.velocity == 100 and settings.jam.seed == 7
+    assert settings.mqtt.host == "127.0.0.1" and settings.mqtt.prefix == "studio/jam"
+
+
+def test_every_setting_has_a_flag():
+    parser = build_parser()
+    run = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("run"))
+    flags = {option for action in run._actions for option in action.option_strings}
+    for section, cls in SECTIONS.items():
+        for spec in fields(cls):
+            assert flag_name(section, spec) in flags
+    for required in ("--midi-api", "--virtual", "--in", "--out", "--bpm", "--weights", "--config", "--seed",
+                     "--mqtt-host", "--mqtt-port", "--mqtt-prefix"):
+        assert required in flags
+
+
+@pytest.mark.parametrize(
+    "document, words",
+    [
+        ({"jam": {"temperature": -1}}, ["[jam] temperature", "-1", "0..5"]),
+        ({"tempo": {"bpm": "fast"}}, ["[tempo] bpm", "'fast'", "20..400"]),
+        ({"tempo": {"meter": "4/5"}}, ["[tempo] meter", "'4/5'", "n/d"]),
+        ({"tempo": {"meter": "9/4"}}, ["[tempo] meter", "'9/4'", "31 sixteenths"]),
+        ({"midi": {"api": "coreaudio"}}, ["[midi] api", "'coreaudio'", "alsa or jack"]),
+        ({"midi": {"in": 3}}, ["[midi] in", "3", "port name"]),
+        ({"jam": {"late_policy": "maybe"}}, ["[jam] late_policy", "'maybe'", "play or drop"]),
+        ({"jam": {"velocity": 200}}, ["[jam] velocity", "200", "\"follow\" or 1..127"]),
+        ({"mqtt": {"port": 70000}}, ["[mqtt] port", "70000", "1..65535"]),
+        ({"jam": {"answer_bars": 2.5}}, ["[jam] answer_bars", "2.5", "0 (as long as the call)"]),
+    ],
+)
+def test_invalid_values_name_key_value_and_allowed(document, words):
+    with pytest.raises(ConfigError) as caught:
+        settings_from(document, "my.toml")
+    message = str(caught.value)
+    assert message.startswith("my.toml: ")
+    for word in words:
+        assert word in message
+
+
+def test_unknown_keys_and_sections_are_rejected():
+    with pytest.raises(ConfigError, match=r"unknown key \[jam\] temprature; known: .*temperature"):
+        settings_from({"jam": {"temprature": 1.0}}, "my.toml")
+    with pytest.raises(ConfigError, match=r"unknown section \[synth\]"):
+        settings_from({"synth": {}}, "my.toml")
+
+
+def test_bad_flag_names_the_flag(capsys):
+    assert main(["run", "--top-p", "2", "--config", "/nonexistent/antiphon.toml"]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    args = parse_run("--top-p", "2")
+    with pytest.raises(ConfigError, match=r"--top-p: \[jam\] top_p = 2 is out of range; allowed: 0.01..1"):
+        settings_from({}, "defaults", overrides_from(args))
+
+
+def test_broken_toml_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[jam\ntemperature = 1\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid TOML"):
+        load_settings(path)
+
+
+def test_with_setting_checks_like_the_file():
+    settings = settings_from({}, "defaults")
+    assert with_setting(settings, "jam", "temperature", 0.5).jam.temperature == 0.5
+    with pytest.raises(ConfigError, match="temperature"):
+        with_setting(settings, "jam", "temperature", 9)
+    assert toml_key("midi", "input") == "in"

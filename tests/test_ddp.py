@@ -1,0 +1,79 @@
+"""`fit` under torchrun: two CPU processes on the gloo backend stay in sync and resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from training.checkpoint import load_checkpoint
+from tiny_midi import TINY_LSTM, write_split
+
+# Each process trains, then writes the parameters it ended with, so the test can compare them.
+WORKER = """
+import os, sys
+import torch
+from safetensors.torch import save_file
+from training.fit import Limits, Recipe, Run
+
+torch.set_num_threads(1)
+data, out, epochs, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "resume"
+recipe = None if resume else Recipe.paper(
+    "lstm", model_config={config}, epoch_fraction=0.05, eval_windows=64, augment_transpose=True
+)
+run = Run(data, out, recipe, Limits(max_epochs=epochs, patience=10), resume, "cpu", True, False, print)
+result = run.run()
+rank = os.environ["RANK"]
+save_file({{k: v.contiguous() for k, v in run.model.state_dict().items()}}, f"{{out}}/rank{{rank}}.safetensors")
+print("rank", rank, "world", os.environ["WORLD_SIZE"], "steps", result.step)
+"""
+
+
+def torchrun(worker: Path, data: Path, out: Path, epochs: int, mode: str) -> str:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(worker), str(data), str(out), str(epochs), mode,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def losses(records: list[dict]) -> list[float]:
+    return [value for record in records for value in (record["train_loss"], record["test_loss"])]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stay_in_sync_and_resume_exactly(tmp_path):
+    data = write_split(tmp_path / "data", train=6, test=2)
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER.format(config=repr(TINY_LSTM)))
+
+    output = torchrun(worker, data, tmp_path / "one", 2, "fresh")
+    # 48 windows an epoch in steps of 2 processes x 8 windows
+    assert "rank 0 world 2 steps 6" in output and "rank 1 world 2 steps 6" in output
+    ranks = [load_file(str(tmp_path / "one" / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert set(ranks[0]) == set(ranks[1])
+    for name, tensor in ranks[0].items():
+        assert tensor.equal(ranks[1][name]), f"{name} differs between the processes"
+    log = [json.loads(line) for line in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["steps"] for r in log] == [3, 6]
+    checkpoint = load_checkpoint(tmp_path / "one" / "checkpoint")
+    assert checkpoint.state["world_size"] == 2 and len(checkpoint.state["augment"]) == 2
+    assert {"torch_cpu/rank0", "torch_cpu/rank1"} <= set(checkpoint.rng)
+    # the processes draw different augmentations and dropout masks
+    assert checkpoint.state["augment"][0] != checkpoint.state["augment"][1]
+    assert not checkpoint.rng["torch_cpu/rank0"].equal(checkpoint.rng["torch_cpu/rank1"])
+
+    torchrun(worker, data, tmp_path / "split", 1, "fresh")
+    torchrun(worker, data, tmp_path / "split", 2, "resume")
+    resumed = [json.loads(line) for line in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()]
+    assert len(resumed) == 2 and losses(resumed) == pytest.approx(losses(log), abs=1e-6)
+    final = load_file(str(tmp_path / "split" / "rank0.safetensors"))
+    assert all(final[name].allclose(tensor, atol=1e-6) for name, tensor in ranks[0].items())

@@ -82,6 +82,9 @@ def test_resume_at_epoch_and_mid_epoch_equals_one_go(data, tmp_path, kind):
     assert first.stop == "max_steps" and first.step == 9 and first.epoch == 1
     state = load_checkpoint(tmp_path / "mid" / "checkpoint").state
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 3)
+    # a budget that ends with an epoch's last step still evaluates and logs that epoch
+    at_boundary = quiet_fit(data, tmp_path / "mid", None, Limits(max_epochs=epochs, patience=10, max_steps=12), resume=True)
+    assert at_boundary.stop == "max_steps" and at_boundary.epoch == 2 and len(at_boundary.history) == 2
     quiet_fit(data, tmp_path / "mid", None, Limits(max_epochs=epochs, patience=10, max_steps=16), resume=True)
     resumed = quiet_fit(data, tmp_path / "mid", None, Limits(max_epochs=epochs, patience=10), resume=True)
     assert_same_run(one_go, resumed, tmp_path / "one", tmp_path / "mid")

@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FitError, DataError, CheckpointError, WeightsError, MidiLoadError) as error:
         print(f"antiphon-train {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # only before training starts or on a second Ctrl-C: a first one during training checkpoints and stops
+        print(f"antiphon-train {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ class Recipe:
         if not 0.0 < self.epoch_fraction <= 1.0:
             raise FitError(f"epoch fraction {self.epoch_fraction} must lie in (0, 1]")
         if self.lr <= 0 or self.lr_floor < 0 or self.lr_decay <= 0:
-            raise FitError(f"learning rate {self.lr}, decay {self.lr_decay}, floor {self.lr_floor}: all must be positive")
+            raise FitError(f"learning rate {self.lr} and decay {self.lr_decay} must be positive, floor {self.lr_floor} not negative")
         if self.eval_windows < 0:
             raise FitError(f"eval windows {self.eval_windows} must be 0 (all) or more")
 
@@ -332,6 +332,7 @@ class Run:
         }
         if saved is not None:
             self._restore(saved)
+        self.wall_before = self.state["wall_seconds"]  # spent by earlier processes of this run
         self.net: nn.Module = self.model
         if self.dist.active:
             self.net = nn.parallel.DistributedDataParallel(
@@ -381,23 +382,25 @@ class Run:
             raise FitError(f"processes out of sync: parameter sums {sums}")
 
     def wall_seconds(self) -> float:
-        return self.state_wall_base + time.monotonic() - self.started
+        return self.wall_before + time.monotonic() - self.started
 
-    def stop_reason(self, stopper: StopRequest) -> str | None:
-        """Why to stop before the next step, agreed by every process."""
+    def stop_reason(self, stopper: StopRequest, evaluating: bool = False) -> str | None:
+        """Why to stop before the next step, agreed by every process. An evaluation is not cut
+        short for --max-steps: the steps it follows are already done."""
         reason = None
         if stopper.signal is not None:
             reason = "signal"
         elif self.limits.max_hours is not None and time.monotonic() - self.started >= self.limits.max_hours * 3600:
             reason = "max_hours"
-        elif self.limits.max_steps is not None and self.state["step"] >= self.limits.max_steps:
+        elif not evaluating and self.limits.max_steps is not None and self.state["step"] >= self.limits.max_steps:
             reason = "max_steps"
         if self.dist.any(reason is not None):
             return reason or "signal"
         return None
 
-    def evaluate(self, stopper: StopRequest) -> float | None:
-        """Mean test NLL per token over the evaluation windows; None when asked to stop midway."""
+    def evaluate(self, stopper: StopRequest) -> tuple[float | None, str | None]:
+        """(mean test NLL per token over the evaluation windows, None), or (None, why) when asked to
+        stop midway (the checkpoint then resumes with this evaluation)."""
         from training.evaluate import window_nll
 
         self.model.eval()
@@ -408,15 +411,16 @@ class Run:
         bar = self._bar(most, f"test {self.state['epoch'] + 1}")
         with torch.no_grad(), autocast_for(self.device, self.config.kind, self.amp):
             for index in range(most):
-                if self.stop_reason(stopper) is not None:
+                reason = self.stop_reason(stopper, evaluating=True)
+                if reason is not None:
                     bar.close()
-                    return None
+                    return None, reason
                 if index < len(batches):
                     total += float(window_nll(self.model, self.test.windows.batch(batches[index]).to(self.device)).sum())
                 bar.update(1)
         bar.close()
         total, windows = self.dist.sum([total, float(len(share))])
-        return total / windows
+        return total / windows, None
 
     def _bar(self, total: int, description: str, initial: int = 0):
         from tqdm import tqdm
@@ -427,7 +431,6 @@ class Run:
         )
 
     def run(self) -> FitResult:
-        self.state_wall_base = self.state["wall_seconds"]
         with StopRequest(self.report) as stopper:
             stop = self._loop(stopper)
         self.finish(stop)
@@ -490,10 +493,10 @@ class Run:
                 bar.update(1)
                 bar.set_postfix(loss=f"{state['epoch_loss_sum'] / state['epoch_tokens']:.4f}", lr=f"{lr:.2e}")
             bar.close()
-            test_loss = self.evaluate(stopper)
+            test_loss, reason = self.evaluate(stopper)
             if test_loss is None:
                 self.save()
-                return "signal" if stopper.signal is not None else self.stop_reason(stopper) or "signal"
+                return reason
             train_loss, tokens, seconds = self.dist.sum(
                 [state["epoch_loss_sum"], float(state["epoch_tokens"]), state["epoch_train_seconds"]]
             )

@@ -9,6 +9,9 @@ import pytest
 
 from daemon.jack_server import JackServer, jackd_path
 
+# The real-Mosquitto fixtures (tests/ is on sys.path: the folder has no __init__.py).
+pytest_plugins = ["fixtures_mqtt"]
+
 
 @pytest.fixture(scope="session")
 def jack_server() -> Iterator[JackServer]:

@@ -1,20 +1,27 @@
-"""pytest plugin: a real Mosquitto broker on a free loopback port.
+"""pytest plugin: a real Mosquitto broker on a free loopback port, and a client watching it.
 
 `mosquitto` (function scope) starts a broker with a generated config and kills it at
 teardown; `broker.kill()` and `broker.start()` let a test take it away and bring it back
 on the same port. Skips with a clear reason where the mosquitto binary is missing.
+`MqttObserver` records everything under a prefix (paho's threaded client: the tests are
+synchronous) and resubscribes after the broker comes back.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 START_TIMEOUT_S = 10.0
 
@@ -74,8 +81,84 @@ class Broker:
             self.process = None
 
 
-@pytest.fixture
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+class Received(NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class MqttObserver:
+    """Subscribes to `<prefix>/#`, records every message, publishes for the test."""
+
+    def __init__(self, broker: Broker, prefix: str) -> None:
+        self.prefix = prefix
+        self.messages: list[Received] = []
+        self._changed = threading.Condition()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = self._connected
+        self.client.on_message = self._message
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        self.client.connect(broker.host, broker.port, keepalive=10)
+        self.client.loop_start()
+        self.wait_for(lambda: self.client.is_connected(), "the observer to connect")
+
+    def _connected(self, client: paho.Client, *_: Any) -> None:
+        client.subscribe(f"{self.prefix}/#", qos=1)
+
+    def _message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        with self._changed:
+            self.messages.append(Received(message.topic, bytes(message.payload), bool(message.retain)))
+            self._changed.notify_all()
+
+    def wait_for(self, condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+        """Wait until condition() is truthy (re-checked on every message); returns its value."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not (value := condition()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = "\n".join(f"{m.topic} {m.payload[:200]!r}" for m in self.messages[-10:])
+                    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last messages:\n{tail}")
+                self._changed.wait(min(left, 0.1))
+        return value
+
+    def on(self, suffix: str, since: int = 0) -> list[Received]:
+        topic = f"{self.prefix}/{suffix}"
+        with self._changed:
+            return [m for m in self.messages[since:] if m.topic == topic]
+
+    def mark(self) -> int:
+        """A position in the record: `on(..., since=mark)` sees only what came after."""
+        with self._changed:
+            return len(self.messages)
+
+    def latest(self, suffix: str, since: int = 0) -> Received | None:
+        found = self.on(suffix, since)
+        return found[-1] if found else None
+
+    def state(self, since: int = 0) -> dict | None:
+        found = self.latest("state", since)
+        return found.json() if found else None
+
+    def wait_state(self, condition: Callable[[dict], bool], what: str, since: int = 0, timeout: float = 20.0) -> dict:
+        def matching() -> dict | None:
+            state = self.state(since)
+            return state if state is not None and condition(state) else None
+
+        return self.wait_for(matching, what, timeout)
+
+    def publish(self, suffix: str, payload: bytes | str | None, qos: int = 1) -> None:
+        self.client.publish(f"{self.prefix}/{suffix}", payload, qos=qos).wait_for_publish(timeout=5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _running_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     binary = shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
     )
@@ -87,3 +170,15 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of the test's own: it may kill and restart it."""
+    yield from _running_broker(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def mosquitto_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker shared by a module's tests (which must not kill it)."""
+    yield from _running_broker(tmp_path_factory)

@@ -1,0 +1,188 @@
+"""The real daemon as a child process, and a JACK peer playing keyboard and synth to it.
+
+Used by the service tests (MQTT, signals). The daemon gets tiny random-init weights (fast to
+load), a generated TOML config and the test's JACK server (JACK_DEFAULT_SERVER is inherited).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mido
+import rtmidi
+import torch
+
+from daemon.model import build_model, config_from_dict
+from daemon.weights import save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 60.0
+POLL_S = 0.001
+ALL_SOUND_OFF, ALL_NOTES_OFF = 120, 123
+TINY = {
+    "lstm": {"kind": "lstm", "embed_dim": 8, "hidden_size": 32, "num_layers": 1, "fc1": 32, "fc2": 32, "dropout": 0.0},
+    "transformer": {"kind": "transformer", "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "dropout": 0.0},
+}
+
+
+def save_tiny_weights(folder: Path, kind: str = "lstm") -> Path:
+    """Random-init weights of a tiny model: the daemon's real loading path, loaded in milliseconds."""
+    torch.manual_seed(0)
+    config = config_from_dict(TINY[kind])
+    return save_weights(folder, build_model(config), config, {"purpose": "service tests"})
+
+
+def toml(sections: dict[str, dict]) -> str:
+    """A TOML document of flat tables (strings, numbers, booleans)."""
+    lines = []
+    for section, table in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            if isinstance(value, bool):
+                lines.append(f"{key} = {'true' if value else 'false'}")
+            elif isinstance(value, str):
+                lines.append(f"{key} = {json.dumps(value)}")
+            else:
+                lines.append(f"{key} = {value!r}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+class JackPeer:
+    """A keyboard (the daemon's input) and a synth (its output), two JACK clients of their own
+    (JACK renames a second client of the same name). Everything the daemon plays reaches the
+    synth and is recorded as (arrival time, mido message).
+
+    The synth is polled from a thread of its own, never read through an rtmidi callback: a
+    callback runs in JACK's process thread and needs the GIL, and while another thread holds
+    it past a JACK period, events arrive lost or duplicated."""
+
+    def __init__(self) -> None:
+        name = f"peer-{uuid.uuid4().hex[:6]}"
+        self.keyboard_port = f"{name}-keys:out"
+        self.synth_port = f"{name}-synth:in"
+        self.received: list[tuple[float, mido.Message]] = []
+        self._lock = threading.Lock()
+        self.keyboard = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, f"{name}-keys")
+        self.keyboard.open_virtual_port("out")
+        self.synth: rtmidi.MidiIn | None = None
+        self._polling: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self.open_synth()
+
+    def open_synth(self) -> None:
+        self.synth = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, self.synth_port.split(":")[0])
+        self.synth.open_virtual_port("in")
+        self._stop_polling.clear()
+        self._polling = threading.Thread(target=self._poll, args=(self.synth,), daemon=True)
+        self._polling.start()
+
+    def close_synth(self) -> None:
+        """The synth goes away, as an unplugged device would."""
+        if self.synth is not None:
+            self._stop_polling.set()
+            self._polling.join()
+            self.synth.close_port()
+            self.synth.delete()
+            self.synth = None
+
+    def _poll(self, synth: rtmidi.MidiIn) -> None:
+        while not self._stop_polling.is_set():
+            event = synth.get_message()
+            if event is None:
+                time.sleep(POLL_S)
+                continue
+            with self._lock:
+                self.received.append((time.monotonic(), mido.Message.from_bytes(event[0])))
+
+    def messages(self, since: float = 0.0) -> list[mido.Message]:
+        with self._lock:
+            return [m for t, m in self.received if t >= since]
+
+    def play_phrase(self, pitches: list[int], step_s: float = 0.12) -> None:
+        """A short legato phrase; the daemon answers at the next bar line."""
+        for pitch in pitches:
+            self.keyboard.send_message(mido.Message("note_on", note=pitch, velocity=90).bytes())
+            time.sleep(step_s)
+            self.keyboard.send_message(mido.Message("note_off", note=pitch, velocity=0).bytes())
+
+    def close(self) -> None:
+        self.close_synth()
+        self.keyboard.close_port()
+        self.keyboard.delete()
+
+
+def sounding(messages: list[mido.Message]) -> set[tuple[int, int]]:
+    """(channel, pitch) still on after these messages, as a synth hears them: a note-off (or a
+    note-on of velocity 0) ends one note-on; all notes off (CC 123) and all sound off (CC 120)
+    end every note of their channel."""
+    on: dict[tuple[int, int], int] = {}
+    for m in messages:
+        if m.type == "note_on" and m.velocity > 0:
+            on[(m.channel, m.note)] = on.get((m.channel, m.note), 0) + 1
+        elif m.type in ("note_off", "note_on"):
+            key = (m.channel, m.note)
+            if on.get(key):
+                on[key] -= 1
+        elif m.type == "control_change" and m.control in (ALL_NOTES_OFF, ALL_SOUND_OFF):
+            on = {key: count for key, count in on.items() if key[0] != m.channel}
+    return {key for key, count in on.items() if count}
+
+
+class DaemonProcess:
+    """`antiphon run --config <generated>` as a child process, its log in a file."""
+
+    def __init__(self, folder: Path, sections: dict[str, dict], env: dict[str, str] | None = None) -> None:
+        self.folder = folder
+        self.config = folder / "config.toml"
+        self.config.write_text(toml(sections))
+        self.log = folder / "daemon.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "DaemonProcess":
+        command = [sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())",
+                   "run", "--config", str(self.config)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+    def wait_for_log(self, text: str, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the daemon's log after {timeout} s:\n{self.log_text()}")
+            time.sleep(0.05)
+
+    def wait_ready(self) -> "DaemonProcess":
+        self.wait_for_log("ready:")
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            self.process.kill()
+            self.process.wait(timeout=10)

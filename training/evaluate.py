@@ -23,14 +23,18 @@ from daemon.grammar import masks_along
 from training.dataset import CONTEXT, WindowDataset, load_windows
 
 
-def token_nll(model: nn.Module, batch: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
-    """float[B, 256]: NLL of each target given its inputs; with bool `masks` [B, 256, 153] the
+def target_nll(logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """float[B, T]: NLL of each target under logits [B, T, 153]; with bool `masks` [B, T, 153] the
     distribution is renormalised over the allowed tokens (inf where the target is not allowed)."""
-    logits = model(batch[:, :-1]).float()
+    logits = logits.float()
     if masks is not None:
         logits = logits.masked_fill(~masks, float("-inf"))
-    log_probs = torch.log_softmax(logits, dim=-1)
-    return -log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1)
+    return -torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def token_nll(model: nn.Module, batch: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """float[B, 256]: NLL of each of a batch of windows' targets given its inputs (see target_nll)."""
+    return target_nll(model(batch[:, :-1]), batch[:, 1:], masks)
 
 
 def window_nll(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -127,8 +131,9 @@ def evaluate(
         for start in tqdm(range(0, len(indices), batch_size), disable=not progress, leave=False, desc="evaluate"):
             chosen = indices[start : start + batch_size]
             batch = dataset.batch(chosen).to(target)
-            plain = token_nll(loaded.model, batch)
-            masked = token_nll(loaded.model, batch, masks.batch(chosen).to(target))
+            logits = loaded.model(batch[:, :-1])
+            plain = target_nll(logits, batch[:, 1:])
+            masked = target_nll(logits, batch[:, 1:], masks.batch(chosen).to(target))
             allowed = torch.isfinite(masked)
             plain_sums.append(plain.sum(dim=1).cpu())
             grammar_sums.append(torch.where(allowed, masked, 0.0).sum(dim=1).cpu())

@@ -264,7 +264,7 @@ class JamApp:
         if self.ports_factory is not None:
             return self.ports_factory(self.session.receive, self._port_event)
         m = settings.midi
-        return MidiPorts(m.api, m.client_name, m.input, m.output, m.virtual, self.session.receive, self._port_event)
+        return MidiPorts(m.api, m.client_name, m.input, m.output, self.session.receive, self._port_event)
 
     def _reopen_ports(self, settings: Settings) -> None:
         for task in self._tasks:

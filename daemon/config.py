@@ -96,7 +96,8 @@ class MidiSettings:
     input: str = _setting("", text, "a port name (substring) or empty", "input port to connect to", "--in")
     output: str = _setting("", text, "a port name (substring) or empty", "output port to connect to", "--out")
     virtual: bool = _setting(False, boolean, "true or false",
-                             "open virtual ports antiphon:in / antiphon:out for others to connect", "--virtual")
+                             "open virtual ports <client>:in / <client>:out for the sides not given by name "
+                             "(also the default when neither --in nor --out is given)", "--virtual")
     client_name: str = _setting(APP_NAME, text, "a name", "MIDI client name of the daemon's ports")
     input_channel: int = _setting(0, number(0, 16, True), "0 (all channels) or 1..16", "channel listened to")
     output_channel: int = _setting(1, number(1, 16, True), "1..16", "channel the answer plays on")

@@ -443,8 +443,10 @@ class JamSession:
             "barged_in": job.barged_in,
         }
         log.info(
-            "answer: %d notes, %d bars, first note %s ms, %d tokens at %.0f tok/s%s",
-            job.played, job.bars, event["latency_ms"], job.tokens, rate, " (barged in)" if job.barged_in else "",
+            "answer: %d notes, %d bars, first note %s ms, %d tokens at %.0f tok/s, late notes so far: "
+            "%d played, %d dropped%s",
+            job.played, job.bars, event["latency_ms"], job.tokens, rate, event["late_played"],
+            event["late_dropped"], " (barged in)" if job.barged_in else "",
         )
         self.emit(event)
         self.emit({"type": "state"})

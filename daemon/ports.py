@@ -123,7 +123,6 @@ class MidiPorts:
         client_name: str,
         input_name: str,
         output_name: str,
-        virtual: bool,
         receive: Receiver,
         on_event: EventSink,
     ) -> None:
@@ -131,11 +130,12 @@ class MidiPorts:
         self.client_name = client_name
         self.receive = receive
         self.on_event = on_event
-        # With no name a side gets a virtual port, so `antiphon run` alone is usable by others.
+        # A side not given by name gets a virtual port (--virtual says so explicitly; it is also
+        # the default, so `antiphon run` alone is usable by others).
         self.input = PortStatus(input_name or f"{client_name}:in")
         self.output = PortStatus(output_name or f"{client_name}:out")
-        self.input_virtual = virtual or not input_name
-        self.output_virtual = virtual or not output_name
+        self.input_virtual = not input_name
+        self.output_virtual = not output_name
         self.available = False
         self.reason = ""
         self._in: rtmidi.MidiIn | None = None
@@ -162,9 +162,7 @@ class MidiPorts:
                         _client(rtmidi.MidiOut, self.api, f"{self.client_name}-watch"))
         self._in = _client(rtmidi.MidiIn, self.api, self.client_name)
         self._out = _client(rtmidi.MidiOut, self.api, self.client_name)
-        # Sysex and active sensing stop here; clock and start/stop go on to the clock follower.
-        self._in.ignore_types(sysex=True, timing=False, active_sense=True)
-        self._in.set_callback(self._arrived)
+        self._listen(self._in)
         if self.input_virtual:
             self._in.open_virtual_port("in")
         if self.output_virtual:
@@ -218,6 +216,12 @@ class MidiPorts:
                 self.on_event({"type": "midi_lost", "reason": self.reason})
 
     # -- internals --------------------------------------------------------------------
+    def _listen(self, port: rtmidi.MidiIn) -> None:
+        # Sysex and active sensing stop here; clock and start/stop go on to the clock follower.
+        port.ignore_types(sysex=True, timing=False, active_sense=True)
+        port.cancel_callback()
+        port.set_callback(self._arrived)
+
     def _arrived(self, event: tuple[list[int], float], _data: object = None) -> None:
         # rtmidi's thread: stamp it now, hand it over in one place.
         arrived = time.monotonic()
@@ -270,6 +274,8 @@ class MidiPorts:
                 status.full_name = status.name
             return
         port.open_port(names.index(match), side)
+        if isinstance(port, rtmidi.MidiIn):
+            self._listen(port)  # RtMidi's JACK input forgets its callback when its port is closed
         status.connected, status.full_name = True, match
         log.info("MIDI %s connected to %r", side, match)
         if announce:

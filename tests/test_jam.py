@@ -1,0 +1,247 @@
+"""The jam session end to end over the in-process port pair (the demo's fallback transport)."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import mido
+import numpy as np
+import pytest
+import torch
+
+from daemon.app import JamApp
+from daemon.clock import step_seconds
+from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note
+from daemon.config import settings_from
+from daemon.demo import notes_from, phrase_events, play
+from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
+from daemon.jam import answer_mask
+from daemon.model import build_model, config_from_dict
+from daemon.ports import LoopbackPorts
+from daemon.weights import save_weights
+
+BPM = 240.0
+STEP = step_seconds(BPM)
+CALL = [Note(0, 60, 2, 90), Note(4, 64, 2, 90), Note(8, 67, 2, 90), Note(12, 72, 2, 90)]
+
+
+def test_answer_mask_keeps_bar_lines_on_the_meter_and_onsets_after_playback():
+    state = GrammarState(NEED_OFFSET)
+    mask = answer_mask(state, bar=32, steps_per_bar=16, earliest=37, end=64, longest=8)
+    allowed = [t - OFFSET_BASE for t in np.flatnonzero(mask)]
+    assert allowed == [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]  # notes from step 37, bar line at 16 only
+    after_bar_offset = answer_mask(GrammarState(HAVE_OFFSET, offset=16), 32, 16, 37, 64, 8)
+    assert np.flatnonzero(after_bar_offset).tolist() == [BAR]
+    after_note_offset = answer_mask(GrammarState(HAVE_OFFSET, offset=6), 32, 16, 37, 64, 8)
+    assert not after_note_offset[BAR] and after_note_offset[PITCH_BASE:DURATION_BASE].all()
+    durations = answer_mask(GrammarState(HAVE_PITCH, 6, 60, 6), 32, 16, 37, 64, 8)
+    assert np.flatnonzero(durations).tolist() == list(range(DURATION_BASE, DURATION_BASE + 8))
+    near_end = answer_mask(GrammarState(HAVE_PITCH, 14, 60, 14), 48, 16, 37, 64, 8)
+    assert np.flatnonzero(near_end).tolist() == [DURATION_BASE, DURATION_BASE + 1]  # ends by step 64
+    past_bar = answer_mask(state, bar=32, steps_per_bar=16, earliest=50, end=64, longest=8)
+    assert np.flatnonzero(past_bar).tolist() == [OFFSET_BASE + 16]  # playback is past this bar
+
+
+@pytest.fixture(scope="module")
+def tiny_lstm(tmp_path_factory):
+    torch.manual_seed(1)
+    config = config_from_dict({"kind": "lstm", "embed_dim": 8, "hidden_size": 16, "num_layers": 1, "fc1": 16,
+                               "fc2": 16, "dropout": 0.0})
+    folder = tmp_path_factory.mktemp("weights") / "lstm"
+    save_weights(folder, build_model(config), config, {"purpose": "tests"})
+    return folder
+
+
+class Duet:
+    def __init__(self, app: JamApp, recorded: list, events: list) -> None:
+        self.app = app
+        self.recorded = recorded
+        self.events = events
+
+    @property
+    def ports(self) -> LoopbackPorts:
+        return self.app.ports
+
+    async def play(self, notes: list[Note], delay: float = 0.05, velocity: int | None = None) -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + delay
+        if velocity is not None:
+            notes = [n._replace(velocity=velocity) for n in notes]
+        await play(phrase_events(notes, BPM), self.ports.play, start)
+        return start
+
+    async def wait_for(self, kind: str, timeout: float = 8.0) -> dict:
+        for _ in range(int(timeout / 0.01)):
+            found = [e for e in self.events if e["type"] == kind]
+            if found:
+                return found[-1]
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no {kind} event; events: {self.events}")
+
+
+@asynccontextmanager
+async def duet(weights, echo: bool = False, **jam):
+    overrides = {("model", "weights"): str(weights), ("tempo", "bpm"): BPM, ("jam", "seed"): 3,
+                 ("jam", "answer_bars"): 1, ("jam", "lead_ms"): 80.0}
+    overrides.update({("jam", key): value for key, value in jam.items()})
+    settings = settings_from({}, "test", overrides)
+    recorded: list[tuple[float, mido.Message]] = []
+    events: list[dict] = []
+    holder: dict = {}
+
+    def on_output(message: mido.Message, t: float) -> None:
+        recorded.append((t, message))
+        if echo and message.type in ("note_on", "note_off"):
+            # A synth's MIDI thru: our own notes come back on the input 3 ms later.
+            asyncio.get_running_loop().call_later(0.003, holder["ports"].play, message)
+
+    def factory(receive, on_event):
+        holder["ports"] = LoopbackPorts(receive, on_event, on_output=on_output)
+        return holder["ports"]
+
+    app = JamApp(settings, ports_factory=factory)
+    app.add_listener(events.append)
+    running = asyncio.create_task(app.run())
+    await asyncio.wait_for(app.ready.wait(), 20)
+    try:
+        yield Duet(app, recorded, events)
+    finally:
+        app.stop()
+        await asyncio.wait_for(running, 5)
+
+
+def paired(recorded) -> bool:
+    sounding: dict[int, int] = {}
+    for _, message in recorded:
+        if message.type == "note_on" and message.velocity > 0:
+            sounding[message.note] = sounding.get(message.note, 0) + 1
+        elif message.type in ("note_on", "note_off"):
+            sounding[message.note] = sounding.get(message.note, 0) - 1
+            assert sounding[message.note] >= 0, "a note-off without its note-on"
+    return all(count == 0 for count in sounding.values())
+
+
+def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights) as d:
+            assert d.app.state()["mode"] == "listening"
+            origin = await d.play(CALL)
+            started = await d.wait_for("answer_started")
+            assert d.app.state()["mode"] == "answering"
+            finished = await d.wait_for("answer_finished")
+            assert d.app.state()["mode"] == "listening"
+            return d, origin, started, finished
+
+    d, origin, started, finished = asyncio.run(scenario())
+    assert started["start_step"] == 16 and started["end_step"] == 32
+    notes = [(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")]
+    assert notes and paired(notes)
+    answer = notes_from(notes, origin, BPM)
+    assert all(16 <= n.start < 32 and n.start + n.duration <= 32 for n in answer)
+    assert finished["notes"] == len(answer) and finished["bars"] == 1 and not finished["barged_in"]
+    for t, message in notes:
+        if message.type == "note_on":
+            on_grid = (t - origin) / STEP
+            assert abs(on_grid - round(on_grid)) * STEP < 0.01  # on a 16th (in-process: no transport)
+    assert accepts(d.app.session.stream.tokens)
+
+
+def test_the_daemon_never_hears_its_own_echo(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, echo=True, answer_bars=2) as d:
+            await d.play(CALL)
+            finished = await d.wait_for("answer_finished")
+            return d, finished
+
+    d, finished = asyncio.run(scenario())
+    assert finished["notes"] > 0 and not finished["barged_in"]
+    assert d.app.session.stats["echoes_ignored"] == finished["notes"]
+    assert d.app.session.stats["barge_ins"] == 0
+
+
+def test_barge_in_stops_the_answer_and_keeps_what_was_played(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, answer_bars=4, max_note_steps=32) as d:
+            origin = await d.play(CALL)
+            await d.wait_for("answer_started")
+            loop = asyncio.get_running_loop()
+            # Wait for the answer's first note, then play over it.
+            while not any(m.type == "note_on" for _, m in d.recorded):
+                await asyncio.sleep(0.005)
+            tokens_before = d.app.session.stream.count
+            await asyncio.sleep(0.3)
+            d.ports.play(mido.Message("note_on", note=50, velocity=80))
+            barged = loop.time()
+            finished = await d.wait_for("answer_finished")
+            sounding = dict(d.app.output.sounding)
+            d.ports.play(mido.Message("note_off", note=50))
+            return d, origin, barged, finished, sounding, tokens_before
+
+    d, origin, barged, finished, sounding, tokens_before = asyncio.run(scenario())
+    assert finished["barged_in"] and finished["notes"] >= 1
+    assert sounding == {}
+    after = [m for t, m in d.recorded if t > barged + 0.001]
+    assert not any(m.type == "note_on" and m.velocity > 0 for m in after)
+    assert paired([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")])
+    assert d.app.session.stream.count > tokens_before  # the played answer notes stayed in the context
+    assert d.app.session.stats["barge_ins"] == 1
+
+
+def test_velocity_follows_the_player_or_is_fixed(tiny_weights):
+    async def scenario(**jam):
+        async with duet(tiny_weights, **jam) as d:
+            await d.play(CALL, velocity=33)
+            await d.wait_for("answer_finished")
+            return {m.velocity for _, m in d.recorded if m.type == "note_on"}
+
+    assert asyncio.run(scenario()) == {33}
+    assert asyncio.run(scenario(velocity=100)) == {100}
+
+
+def test_handover_controller_answers_at_once(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, handover_cc=67, wait=64) as d:
+            origin = await d.play(CALL[:2])
+            d.ports.play(mido.Message("control_change", control=67, value=127))
+            started = await d.wait_for("answer_started", timeout=2)
+            return started
+
+    started = asyncio.run(scenario())
+    assert 6 <= started["start_step"] < 16  # mid-bar, not at the bar line, not after the wait
+
+
+def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
+    async def scenario():
+        async with duet(tiny_weights) as d:
+            app = d.app
+            before = app.state()
+            with pytest.raises(ValueError, match="temperature"):
+                app.apply_setting("temperature", -2)
+            with pytest.raises(ValueError, match="unknown setting"):
+                app.apply_setting("volume", 3)
+            with pytest.raises(ValueError, match="config.json"):
+                app.apply_setting("weights", str(tiny_weights.parent))
+            assert app.state() == before
+            app.apply_setting("temperature", 0.5)
+            app.apply_setting("bpm", 200)
+            app.apply_setting("answer_bars", 2)
+            await app.apply_setting("weights", str(tiny_lstm))
+            state = app.state()
+            app.command("pause")
+            paused = app.state()
+            with pytest.raises(ValueError, match="unknown action"):
+                app.command("explode")
+            app.command("resume")
+            app.command("panic")
+            return before, state, paused, app.state(), [e["type"] for e in d.events]
+
+    before, state, paused, resumed, kinds = asyncio.run(scenario())
+    assert before["weights"]["kind"] == "transformer"
+    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm"}
+    assert (state["temperature"], state["bpm"], state["answer_bars"]) == (0.5, 200.0, 2)
+    assert set(state) >= {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
+    assert state["ports"]["in"]["connected"] and state["ports"]["out"]["connected"]
+    assert paused["mode"] == "paused" and paused["paused"]
+    assert resumed["mode"] == "listening" and not resumed["paused"]
+    assert "state" in kinds

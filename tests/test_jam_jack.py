@@ -1,0 +1,201 @@
+"""The real daemon process on a real JACK server (dummy driver): play into it, record what it answers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mido
+import pytest
+import rtmidi
+
+from daemon.clock import step_seconds
+from daemon.codec import Note, encode
+from daemon.demo import Keyboard, notes_from, phrase_events
+from daemon.grammar import accepts
+
+pytestmark = pytest.mark.jack
+
+BPM = 240.0
+STEP = step_seconds(BPM)
+CALL = [Note(0, 60, 2, 90), Note(4, 64, 2, 90), Note(8, 67, 2, 90), Note(12, 72, 2, 90)]
+ANTIPHON = Path(sys.executable).with_name("antiphon")
+# JACK hands MIDI over once per period (64 frames at 48 kHz = 1.3 ms); allow a few of them.
+TRANSPORT_S = 0.02
+
+
+class Daemon:
+    """`antiphon run` as a subprocess; its log lines collected as they come."""
+
+    def __init__(self, weights: Path, *args: str) -> None:
+        command = [str(ANTIPHON), "run", "--midi-api", "jack", "--weights", str(weights), "--bpm", str(BPM),
+                   "--seed", "1", "--lead-ms", "80", *args]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        ready = self.wait_for("ready:", 30)
+        found = re.search(r"in=(\S+) out=(\S+?),", ready)
+        self.in_port, self.out_port = found.groups() if found else ("", "")
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text: str, timeout: float = 10.0, after: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if text in line:
+                    return line
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no log line with {text!r}; log:\n" + "\n".join(self.lines))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+@pytest.fixture
+def daemon_factory(jack_server, tiny_weights):
+    started: list[Daemon] = []
+    keyboards: list[Keyboard] = []
+
+    def start(*args: str, name: str = "antiphon") -> tuple[Daemon, Keyboard | None]:
+        daemon = Daemon(tiny_weights, "--client-name", name, *args)
+        started.append(daemon)
+        keyboard = None
+        if "--virtual" in args:
+            keyboard = Keyboard("jack", daemon.in_port, daemon.out_port, f"kbd-{name}")
+            keyboards.append(keyboard)
+        return daemon, keyboard
+
+    yield start
+    for keyboard in keyboards:
+        keyboard.close()
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+def play(send, notes: list[Note], delay: float = 0.1) -> float:
+    """Play grid notes in real time from now + delay; returns the first onset's time."""
+    origin = time.monotonic() + delay
+    for offset, message in phrase_events(notes, BPM):
+        wait = origin + offset - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        send(message)
+    return origin
+
+
+def note_messages(received):
+    return [(t, m) for t, m in received if m.type in ("note_on", "note_off")]
+
+
+def unpaired(received) -> dict[int, int]:
+    sounding: dict[int, int] = {}
+    for _, message in note_messages(received):
+        delta = 1 if message.type == "note_on" and message.velocity > 0 else -1
+        sounding[message.note] = sounding.get(message.note, 0) + delta
+        assert sounding[message.note] >= 0, f"note-off without note-on: {message}"
+    return {note: count for note, count in sounding.items() if count}
+
+
+def test_answer_comes_after_the_wait_and_is_grammatical(daemon_factory):
+    daemon, keyboard = daemon_factory("--virtual", "--answer-bars", "2", name="antiphon-answer")
+    assert daemon.in_port.endswith(":in") and daemon.out_port.endswith(":out")
+    origin = play(keyboard.send, CALL)
+    daemon.wait_for("jam: answer:", 10)
+    time.sleep(0.1)
+    received = keyboard.take()
+    ons = [t for t, m in note_messages(received) if m.type == "note_on" and m.velocity > 0]
+    assert ons, "\n".join(daemon.lines)
+    # The call ends at step 14: the answer waits for the bar line at step 16.
+    assert min(ons) >= origin + 16 * STEP - TRANSPORT_S
+    answer = notes_from(note_messages(received), origin, BPM)
+    assert all(16 <= n.start < 48 for n in answer)
+    assert accepts(encode(answer, range(0, 49, 16)))
+    assert not unpaired(received)
+    assert daemon.stop() == 0
+
+
+def test_barge_in_silences_the_answer(daemon_factory):
+    daemon, keyboard = daemon_factory("--virtual", "--answer-bars", "4", "--max-note-steps", "32",
+                                      name="antiphon-barge")
+    play(keyboard.send, CALL)
+    deadline = time.monotonic() + 5
+    while not any(m.type == "note_on" for _, m in keyboard.received) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)
+    barged = keyboard.send(mido.Message("note_on", note=40, velocity=70))
+    time.sleep(0.4)
+    keyboard.send(mido.Message("note_off", note=40))
+    daemon.wait_for("(barged in)", 5)
+    received = keyboard.take()
+    late_ons = [m for t, m in note_messages(received) if t > barged + TRANSPORT_S
+                and m.type == "note_on" and m.velocity > 0]
+    assert late_ons == []
+    assert not unpaired(received)
+    assert daemon.stop() == 0
+
+
+def test_sigterm_leaves_nothing_sounding(daemon_factory):
+    daemon, keyboard = daemon_factory("--virtual", "--answer-bars", "4", "--max-note-steps", "32",
+                                      name="antiphon-term")
+    play(keyboard.send, CALL)
+    deadline = time.monotonic() + 5
+    while not any(m.type == "note_on" for _, m in keyboard.received) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.1)
+    stopped = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(timeout=2) == 0
+    took = time.monotonic() - stopped
+    time.sleep(0.05)
+    received = keyboard.take()
+    assert not unpaired(received)
+    controls = [(m.control, m.value) for _, m in received if m.type == "control_change"]
+    assert controls[-3:] == [(64, 0), (123, 0), (120, 0)]
+    assert took < 2.0
+
+
+def test_unplugging_and_replugging_the_keyboard_is_survived(daemon_factory):
+    keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "plug-kbd")
+    keys.open_virtual_port("keys")
+    daemon, _ = daemon_factory("--in", "plug-kbd:keys", name="antiphon-plug")
+    try:
+        daemon.wait_for("input connected to 'plug-kbd:keys'", 5)
+        keys.close_port()
+        keys.delete()
+        daemon.wait_for("disappeared", 5)
+        keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "plug-kbd")
+        keys.open_virtual_port("keys")
+        mark = len(daemon.lines)
+        daemon.wait_for("input connected to 'plug-kbd:keys'", 5, after=mark)
+        time.sleep(0.2)
+        play(lambda m: keys.send_message(m.bytes()), CALL)
+        daemon.wait_for("jam: answer:", 10)
+        assert sum("disappeared" in line for line in daemon.lines) == 1
+        assert not any("Traceback" in line for line in daemon.lines)
+        assert daemon.process.poll() is None
+        assert daemon.stop() == 0
+    finally:
+        keys.close_port()
+        keys.delete()

@@ -117,6 +117,32 @@ def test_sigterm_mid_epoch_checkpoints_and_the_run_resumes_exactly(data, tmp_pat
     assert_same_run(one_go, resumed, tmp_path / "one", tmp_path / "cut")
 
 
+def test_a_crash_mid_epoch_loses_nothing_with_checkpoints_every_step(data, tmp_path):
+    from daemon.transformer import TransformerModel
+
+    recipe = tiny_recipe("transformer")
+    one_go = quiet_fit(data, tmp_path / "one", recipe, Limits(max_epochs=2, patience=10))
+    forwards = 0
+
+    def crash_at_tenth_training_step(module, args, output):
+        nonlocal forwards
+        if isinstance(module, TransformerModel) and module.training:
+            forwards += 1
+            if forwards == 10:
+                raise RuntimeError("simulated crash")
+
+    handle = torch.nn.modules.module.register_module_forward_hook(crash_at_tenth_training_step)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            quiet_fit(data, tmp_path / "crash", recipe, Limits(max_epochs=2, patience=10, checkpoint_minutes=0))
+    finally:
+        handle.remove()
+    state = load_checkpoint(tmp_path / "crash" / "checkpoint").state
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (9, 1, 3)
+    resumed = quiet_fit(data, tmp_path / "crash", None, Limits(max_epochs=2, patience=10), resume=True)
+    assert_same_run(one_go, resumed, tmp_path / "one", tmp_path / "crash")
+
+
 def test_learning_rate_schedules_are_the_papers():
     lstm = Recipe.paper("lstm")
     assert (lstm.batch_size, lstm.epoch_fraction, lstm.augment_transpose) == (8, 0.02, False)

@@ -43,6 +43,8 @@ def _fit_parser(commands) -> None:
                         help="stop when the test loss has not improved for this many epochs (3)")
     limits.add_argument("--max-steps", type=int, help="checkpoint and stop once the run has made this many steps")
     limits.add_argument("--max-hours", type=float, help="checkpoint and stop after this process ran this long")
+    limits.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                        help="also checkpoint mid-epoch this often, so a hard kill loses at most that (10; 0: every step)")
     machine = parser.add_argument_group("machine")
     machine.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     machine.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
@@ -61,7 +63,7 @@ def _run_fit(args) -> int:
         "eval_windows": args.eval_windows, "test_ratio": args.test_ratio, "seed": args.seed,
         "model_config": args.model_config,
     }
-    limits = Limits(args.max_epochs, args.patience, args.max_steps, args.max_hours)
+    limits = Limits(args.max_epochs, args.patience, args.max_steps, args.max_hours, args.checkpoint_minutes)
     if args.resume:
         result = fit(args.data, args.out, None, limits, resume=True, device=args.device, amp=not args.no_amp,
                      progress=not args.no_progress, expect=dict(chosen, model=args.model))

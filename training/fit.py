@@ -98,6 +98,7 @@ class Limits:
     patience: int = 3
     max_steps: int | None = None  # optimizer steps of the whole run, resumes included
     max_hours: float | None = None  # wall time of this process
+    checkpoint_minutes: float | None = 10.0  # also checkpoint mid-epoch this often: a hard kill loses at most that
 
 
 @dataclass
@@ -333,6 +334,7 @@ class Run:
         if saved is not None:
             self._restore(saved)
         self.wall_before = self.state["wall_seconds"]  # spent by earlier processes of this run
+        self.saved_at = time.monotonic()
         self.net: nn.Module = self.model
         if self.dist.active:
             self.net = nn.parallel.DistributedDataParallel(
@@ -371,6 +373,11 @@ class Run:
                 Checkpoint(self.model.state_dict(), self.optimizer.state_dict(), rng, dict(self.state)),
             )
         self.dist.barrier()
+        self.saved_at = time.monotonic()
+
+    def checkpoint_due(self) -> bool:
+        minutes = self.limits.checkpoint_minutes
+        return self.dist.any(minutes is not None and time.monotonic() - self.saved_at >= minutes * 60)
 
     def check_in_sync(self) -> None:
         """Under DDP every process must hold the same parameters; a drift is a bug, so stop loudly."""
@@ -490,6 +497,9 @@ class Run:
                 state["step"] += 1
                 state["epoch_train_seconds"] += time.monotonic() - began
                 dirty = True
+                if self.checkpoint_due():
+                    self.save()
+                    dirty = False
                 bar.update(1)
                 bar.set_postfix(loss=f"{state['epoch_loss_sum'] / state['epoch_tokens']:.4f}", lr=f"{lr:.2e}")
             bar.close()

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import mido
 import rtmidi
@@ -22,9 +23,11 @@ import torch
 
 from daemon.model import build_model, config_from_dict
 from daemon.weights import save_weights
+from fixtures_mqtt import Broker, MqttObserver
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0
+ANSWER_WAIT_S = 20.0
 POLL_S = 0.001
 ALL_SOUND_OFF, ALL_NOTES_OFF = 120, 123
 TINY = {
@@ -186,3 +189,71 @@ class DaemonProcess:
         if self.alive:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+# -- a running daemon steered over MQTT ----------------------------------------------
+class Jam(NamedTuple):
+    daemon: DaemonProcess
+    peer: JackPeer
+    observer: MqttObserver
+    folder: Path
+
+
+def daemon_sections(peer: JackPeer, weights: Path, broker: Broker, prefix: str) -> dict:
+    return {
+        "midi": {"api": "jack", "in": peer.keyboard_port, "out": peer.synth_port,
+                 "client_name": f"antiphon-{uuid.uuid4().hex[:6]}"},
+        # 240 bpm: a 4/4 bar lasts one second, so answers come quickly.
+        "tempo": {"bpm": 240.0, "follow_clock": False},
+        "jam": {"answer_bars": 2, "seed": 0},
+        "model": {"weights": str(weights), "threads": 1},
+        "mqtt": {"host": broker.host, "port": broker.port, "prefix": prefix},
+    }
+
+
+def start_jam(folder: Path, broker: Broker) -> Jam:
+    weights = save_tiny_weights(folder / "lstm")
+    save_tiny_weights(folder / "transformer", "transformer")
+    peer = JackPeer()
+    prefix = f"antiphon/test-{uuid.uuid4().hex[:8]}"
+    daemon = DaemonProcess(folder, daemon_sections(peer, weights, broker, prefix)).start().wait_ready()
+    observer = MqttObserver(broker, prefix)
+    wait_online(observer)
+    observer.wait_state(lambda s: True, "the retained state")
+    return Jam(daemon, peer, observer, folder)
+
+
+def stop_jam(jam: Jam) -> None:
+    jam.observer.close()
+    jam.daemon.kill()
+    jam.peer.close()
+
+
+def wait_online(observer: MqttObserver, since: int = 0) -> None:
+    observer.wait_for(lambda: (m := observer.latest("status", since)) and m.payload == b"online", "status online")
+
+
+def events(observer: MqttObserver, kind: str, since: int = 0) -> list[dict]:
+    return [e for e in (m.json() for m in observer.on("event", since)) if e["type"] == kind]
+
+
+def answer_heard(jam: Jam) -> int:
+    """The player plays; the daemon answers with notes on the synth. Returns the record's mark."""
+    mark, played = jam.observer.mark(), time.monotonic()
+    jam.peer.play_phrase([60, 64, 67, 72])
+    jam.observer.wait_for(
+        lambda: any(m.type == "note_on" for m in jam.peer.messages(played)), "an answer note on the synth",
+        ANSWER_WAIT_S,
+    )
+    return mark
+
+
+def answer_started(jam: Jam) -> None:
+    """An answer is heard, and announced on <prefix>/event."""
+    mark = answer_heard(jam)
+    jam.observer.wait_for(lambda: events(jam.observer, "answer_started", mark), "answer_started", ANSWER_WAIT_S)
+
+
+def answer_finished(jam: Jam, since: int) -> dict:
+    return jam.observer.wait_for(lambda: events(jam.observer, "answer_finished", since), "answer_finished",
+                                 ANSWER_WAIT_S)[-1]

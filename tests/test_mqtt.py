@@ -5,19 +5,18 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import pytest
 
 from daemon.mqtt import MAX_PAYLOAD_BYTES, CommandError, parse_setting
-from daemon_process import DaemonProcess, JackPeer, sounding, save_tiny_weights
+from daemon_process import (Jam, answer_finished, answer_heard, answer_started, events, sounding, start_jam,
+                            stop_jam, wait_online)
 from fixtures_mqtt import Broker, MqttObserver
 
 STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
-ANSWER_WAIT_S = 20.0
 
 
 # -- payload parsing (no broker) -------------------------------------------------------
@@ -65,73 +64,6 @@ def test_bad_payloads_are_rejected_with_the_reason(name: str, text: str, reason:
 
 
 # -- the daemon ------------------------------------------------------------------------
-class Jam(NamedTuple):
-    daemon: DaemonProcess
-    peer: JackPeer
-    observer: MqttObserver
-    folder: Path
-
-
-def daemon_sections(peer: JackPeer, weights: Path, broker: Broker, prefix: str, **jam: object) -> dict:
-    return {
-        "midi": {"api": "jack", "in": peer.keyboard_port, "out": peer.synth_port,
-                 "client_name": f"antiphon-{uuid.uuid4().hex[:6]}"},
-        # 240 bpm: a 4/4 bar lasts one second, so answers come quickly.
-        "tempo": {"bpm": 240.0, "follow_clock": False},
-        "jam": {"answer_bars": 2, "seed": 0, **jam},
-        "model": {"weights": str(weights), "threads": 1},
-        "mqtt": {"host": broker.host, "port": broker.port, "prefix": prefix},
-    }
-
-
-def start_jam(folder: Path, broker: Broker) -> Jam:
-    weights = save_tiny_weights(folder / "lstm")
-    save_tiny_weights(folder / "transformer", "transformer")
-    peer = JackPeer()
-    prefix = f"antiphon/test-{uuid.uuid4().hex[:8]}"
-    daemon = DaemonProcess(folder, daemon_sections(peer, weights, broker, prefix)).start().wait_ready()
-    observer = MqttObserver(broker, prefix)
-    wait_online(observer)
-    observer.wait_state(lambda s: True, "the retained state")
-    return Jam(daemon, peer, observer, folder)
-
-
-def stop_jam(jam: Jam) -> None:
-    jam.observer.close()
-    jam.daemon.kill()
-    jam.peer.close()
-
-
-def wait_online(observer: MqttObserver, since: int = 0) -> None:
-    observer.wait_for(lambda: (m := observer.latest("status", since)) and m.payload == b"online", "status online")
-
-
-def events(observer: MqttObserver, kind: str, since: int = 0) -> list[dict]:
-    return [e for e in (m.json() for m in observer.on("event", since)) if e["type"] == kind]
-
-
-def answer_heard(jam: Jam) -> int:
-    """The player plays; the daemon answers with notes on the synth. Returns the record's mark."""
-    mark, played = jam.observer.mark(), time.monotonic()
-    jam.peer.play_phrase([60, 64, 67, 72])
-    jam.observer.wait_for(
-        lambda: any(m.type == "note_on" for m in jam.peer.messages(played)), "an answer note on the synth",
-        ANSWER_WAIT_S,
-    )
-    return mark
-
-
-def answer_started(jam: Jam) -> None:
-    """An answer is heard, and announced on <prefix>/event."""
-    mark = answer_heard(jam)
-    jam.observer.wait_for(lambda: events(jam.observer, "answer_started", mark), "answer_started", ANSWER_WAIT_S)
-
-
-def answer_finished(jam: Jam, since: int) -> dict:
-    return jam.observer.wait_for(lambda: events(jam.observer, "answer_finished", since), "answer_finished",
-                                 ANSWER_WAIT_S)[-1]
-
-
 @pytest.fixture(scope="module")
 def jam(jack_server: object, mosquitto_module: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jam]:
     running = start_jam(tmp_path_factory.mktemp("mqtt-daemon"), mosquitto_module)

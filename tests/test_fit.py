@@ -21,7 +21,7 @@ from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.evaluate import evaluate
 from training.fit import Limits, Recipe, fit
-from tiny_midi import TINY_LSTM, TINY_TRANSFORMER, write_broken, write_set, write_split
+from tiny_midi import TINY_LSTM, TINY_TRANSFORMER, write_broken, write_split
 
 TINY = {"lstm": TINY_LSTM, "transformer": TINY_TRANSFORMER}
 

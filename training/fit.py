@@ -8,7 +8,6 @@ process trains on its share of every step's windows (DistributedDataParallel).
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time

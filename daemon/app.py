@@ -14,14 +14,14 @@ import asyncio
 import logging
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from daemon import sdnotify
-from daemon.config import ConfigError, Settings, load_settings, with_setting
+from daemon.config import SECTIONS, ConfigError, Settings, load_settings, with_setting
 from daemon.engine import Engine
 from daemon.jam import ANSWERING, JamSession
 from daemon.output import NoteOutput
@@ -64,6 +64,19 @@ def load_engine(weights: str, device: str) -> Engine:
         return Engine.load(folder, None if device == "auto" else device)
     except WeightsError as error:
         raise ValueError(str(error)) from None
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """'section.key old -> new' for every setting that differs (passwords not shown)."""
+    changes = []
+    for section in SECTIONS:
+        before, after = getattr(old, section), getattr(new, section)
+        for spec in fields(before):
+            a, b = getattr(before, spec.name), getattr(after, spec.name)
+            if a != b:
+                shown = "(changed)" if spec.name == "password" else f"{a!r} -> {b!r}"
+                changes.append(f"{section}.{spec.name} {shown}")
+    return changes
 
 
 class JamApp:
@@ -218,6 +231,7 @@ class JamApp:
             log.error("config reload rejected, keeping the running settings: %s", error)
             return
         old = self.settings
+        changes = changed_settings(old, settings)
         self._use(settings)
         if settings.model.weights != old.model.weights:
             self._start_swap(settings.model.weights)
@@ -229,7 +243,7 @@ class JamApp:
                 self._mqtt = None
             self._start_mqtt()
         logging.getLogger().setLevel(settings.log.level.upper())
-        log.info("config reloaded from %s", settings.source)
+        log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
     # -- internals --------------------------------------------------------------------
     def _use(self, settings: Settings) -> None:

@@ -245,3 +245,37 @@ def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
     assert paused["mode"] == "paused" and paused["paused"]
     assert resumed["mode"] == "listening" and not resumed["paused"]
     assert "state" in kinds
+
+
+def test_an_external_clock_sets_the_grid(tiny_weights):
+    clock_bpm = 200.0  # the config says 240: the answer must follow the clock instead
+    period = 60.0 / clock_bpm / 24
+
+    async def scenario():
+        async with duet(tiny_weights, follow_clock=True) as d:
+            loop = asyncio.get_running_loop()
+            start = loop.time() + 0.02
+            d.ports.play(mido.Message("start"))
+
+            async def ticks():
+                for k in range(24 * 16):
+                    await asyncio.sleep(max(0.0, start + k * period - loop.time()))
+                    d.ports.play(mido.Message("clock"))
+
+            ticking = asyncio.create_task(ticks())
+            bar = 16 * 6 * period
+            origin = start + 2 * bar  # the clock's third bar line
+            await play(phrase_events(CALL, clock_bpm), d.ports.play, origin)
+            finished = await d.wait_for("answer_finished")
+            bpm = d.app.state()["bpm"]
+            ticking.cancel()
+            return d, start, finished, bpm
+
+    d, start, finished, bpm = asyncio.run(scenario())
+    ons = [t for t, m in d.recorded if m.type == "note_on"]
+    assert finished["notes"] == len(ons) > 0
+    step = 6 * period
+    positions = [(t - start) / step for t in ons]
+    assert all(abs(p - round(p)) * step < 0.01 for p in positions)  # on the clock's 16ths
+    assert all(48 <= round(p) < 64 for p in positions)  # in the clock's bar after the call
+    assert bpm == pytest.approx(clock_bpm, rel=0.02)

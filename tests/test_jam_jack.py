@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import mido
@@ -19,6 +20,7 @@ from daemon.clock import step_seconds
 from daemon.codec import Note, encode
 from daemon.demo import Keyboard, notes_from, phrase_events
 from daemon.grammar import accepts
+from daemon.jack_server import JackServer
 
 pytestmark = pytest.mark.jack
 
@@ -33,11 +35,11 @@ TRANSPORT_S = 0.02
 class Daemon:
     """`antiphon run` as a subprocess; its log lines collected as they come."""
 
-    def __init__(self, weights: Path, *args: str) -> None:
-        command = [str(ANTIPHON), "run", "--midi-api", "jack", "--weights", str(weights), "--bpm", str(BPM),
+    def __init__(self, weights: Path, *args: str, api: str = "jack", env: dict | None = None) -> None:
+        command = [str(ANTIPHON), "run", "--midi-api", api, "--weights", str(weights), "--bpm", str(BPM),
                    "--seed", "1", "--lead-ms", "80", *args]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -199,3 +201,53 @@ def test_unplugging_and_replugging_the_keyboard_is_survived(daemon_factory):
     finally:
         keys.close_port()
         keys.delete()
+
+
+def test_without_midi_it_starts_degraded_and_connects_when_jack_appears(jack_server, tiny_weights):
+    name = f"antiphon-later-{uuid.uuid4().hex[:6]}"
+    daemon = Daemon(tiny_weights, "--virtual", "--client-name", "antiphon-later", env={"JACK_DEFAULT_SERVER": name})
+    try:
+        daemon.wait_for("starting degraded: the JACK server is not available", 1)
+        assert "degraded" in daemon.wait_for("ready:", 1)
+        time.sleep(1.5)  # a retry or two fail quietly (the reason is said once)
+        with JackServer(name=name):
+            daemon.wait_for("MIDI available again", 10)
+            assert daemon.process.poll() is None
+            assert daemon.stop() == 0
+        assert sum("starting degraded" in line or "MIDI unavailable" in line for line in daemon.lines) == 1
+        assert not any("Traceback" in line for line in daemon.lines)
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+
+
+@pytest.mark.skipif(os.path.exists("/dev/snd/seq"), reason="this machine has an ALSA sequencer")
+def test_alsa_default_without_a_sequencer_is_degraded_not_a_crash(tiny_weights):
+    daemon = Daemon(tiny_weights, "--virtual", api="alsa")
+    try:
+        daemon.wait_for("starting degraded: the ALSA sequencer is not available", 1)
+        time.sleep(0.3)
+        assert daemon.process.poll() is None
+        assert daemon.stop() == 0
+        assert not any("Traceback" in line for line in daemon.lines)
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+
+
+def test_sighup_reloads_the_config_and_keeps_the_ports(daemon_factory, tmp_path):
+    config = tmp_path / "antiphon.toml"
+    config.write_text("[jam]\ntemperature = 1.0\nanswer_bars = 1\n")
+    daemon, keyboard = daemon_factory("--virtual", "--config", str(config), name="antiphon-hup")
+    config.write_text("[jam]\ntemperature = 0.5\nanswer_bars = 1\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    assert "jam.temperature 1.0 -> 0.5" in daemon.wait_for("config reloaded", 5)
+    config.write_text("[jam]\ntemperature = 9\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    rejected = daemon.wait_for("config reload rejected", 5)
+    assert "[jam] temperature = 9" in rejected and "allowed: 0..5" in rejected
+    origin = play(keyboard.send, CALL)
+    daemon.wait_for("jam: answer:", 10)
+    assert any(m.type == "note_on" for _, m in keyboard.take())  # the same connections still work
+    assert not any("disappeared" in line or "Traceback" in line for line in daemon.lines)
+    assert daemon.stop() == 0

@@ -1,0 +1,72 @@
+"""MIDI ports: bounded hand-over to the loop, listing and matching by name."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mido
+import pytest
+import rtmidi
+
+from daemon.ports import INPUT_BUFFER, MidiUnavailable, _InputBuffer, find_port, list_ports
+
+ANTIPHON = Path(sys.executable).with_name("antiphon")
+
+
+def test_a_flood_of_input_is_bounded_and_counted():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        delivered = []
+        buffer = _InputBuffer(loop, lambda message, t: delivered.append((message, t)))
+        for index in range(INPUT_BUFFER * 3):
+            buffer.put(bytes([0x90, index % 128, 100]), float(index))
+        assert len(buffer.items) == INPUT_BUFFER
+        await asyncio.sleep(0.01)
+        return buffer, delivered
+
+    buffer, delivered = asyncio.run(scenario())
+    assert buffer.dropped == INPUT_BUFFER * 2
+    assert len(delivered) == INPUT_BUFFER
+    assert delivered[-1][1] == float(INPUT_BUFFER * 3 - 1)  # the newest kept, with their arrival times
+    assert isinstance(delivered[0][0], mido.Message)
+
+
+def test_find_port_matches_a_substring_case_insensitively_and_skips_our_own():
+    names = ["antiphon:in 128:0", "Keystation 49:Keystation MIDI 1 20:0", "FLUID Synth (1234):Synth input port"]
+    assert find_port(names, "keystation") == names[1]
+    assert find_port(names, "fluid") == names[2]
+    assert find_port(names, "antiphon", exclude={names[0]}) is None
+    assert find_port(names, "missing") is None
+
+
+@pytest.mark.skipif(os.path.exists("/dev/snd/seq"), reason="this machine has an ALSA sequencer")
+def test_no_alsa_sequencer_is_a_clear_error():
+    with pytest.raises(MidiUnavailable, match="ALSA sequencer is not available"):
+        list_ports("alsa")
+    result = subprocess.run([str(ANTIPHON), "ports"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "no MIDI ports: the ALSA sequencer is not available" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.jack
+def test_ports_lists_what_exists_on_jack(jack_server):
+    synth = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, "listed-synth")
+    synth.open_virtual_port("input")
+    keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "listed-keys")
+    keys.open_virtual_port("output")
+    try:
+        sources, destinations = list_ports("jack")
+        assert "listed-keys:output" in sources and "listed-synth:input" in destinations
+        result = subprocess.run([str(ANTIPHON), "ports", "--midi-api", "jack"], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0
+        listing = result.stdout.split("outputs")
+        assert "listed-keys:output" in listing[0] and "listed-synth:input" in listing[1]
+    finally:
+        for port in (synth, keys):
+            port.close_port()
+            port.delete()

@@ -86,6 +86,14 @@ def meter(value: Any) -> str:
     return value
 
 
+def topic_prefix(value: Any) -> str:
+    """A prefix every daemon topic can be published under (MQTT forbids wildcards there)."""
+    value = text(value)
+    if any(c in value for c in "+#\0") or value.startswith("$"):
+        raise ValueError("not a publishable topic prefix (no +, #, NUL or leading $)")
+    return value.rstrip("/")
+
+
 def default_mqtt_prefix() -> str:
     return f"{APP_NAME}/{socket.gethostname() or 'localhost'}"
 
@@ -155,7 +163,7 @@ class MqttSettings:
     tls_ca: str = _setting("", text, "a file path or empty", "CA certificate file (enables TLS)")
     tls_cert: str = _setting("", text, "a file path or empty", "client certificate file")
     tls_key: str = _setting("", text, "a file path or empty", "client key file")
-    prefix: str = _setting("", text, "a topic prefix (empty: antiphon/<hostname>)", "MQTT topic prefix",
+    prefix: str = _setting("", topic_prefix, "a topic prefix (empty: antiphon/<hostname>)", "MQTT topic prefix",
                            "--mqtt-prefix")
 
     def __post_init__(self) -> None:
@@ -227,7 +235,7 @@ def _checked(source: str, section: str, spec: Any, value: Any) -> Any:
 
 def _from_flag(spec: Any, raw: str) -> Any:
     """A flag's text as the type its setting holds (a word stays a word for the check to judge)."""
-    if spec.metadata["check"] is text:
+    if spec.type == "str":  # a text setting keeps the flag as typed (e.g. --mqtt-prefix 2024)
         return raw
     for convert in (int, float):
         try:

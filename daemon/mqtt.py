@@ -124,7 +124,7 @@ class MqttBridge:
     def __init__(self, app: JamAppLike, settings: Any) -> None:
         self.app = app
         self.settings = settings
-        self.prefix = settings.prefix.rstrip("/")
+        self.prefix = settings.prefix
         self.status_topic = f"{self.prefix}/status"
         self.state_topic = f"{self.prefix}/state"
         self.event_topic = f"{self.prefix}/event"

@@ -217,7 +217,8 @@ def test_bad_data_and_misuse_are_clear_errors_not_tracebacks(tmp_path, capsys):
     assert code == 2 and "--model" in text
 
 
-def test_a_broken_file_is_skipped_and_counted_and_the_run_goes_on(tmp_path, capsys):
+def test_a_broken_file_is_skipped_and_counted_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("training.fit.STATUS_EVERY_S", 0)  # a status line every step without progress bars
     write_split(tmp_path / "data", train=2, test=1)
     write_broken(tmp_path / "data" / "train" / "zz broken.mid")
     args = ["fit", str(tmp_path / "data"), "--model", "lstm", "--out", str(tmp_path / "out"), "--max-epochs", "1",
@@ -225,7 +226,9 @@ def test_a_broken_file_is_skipped_and_counted_and_the_run_goes_on(tmp_path, caps
     code, text = run_cli(args, capsys)
     assert code == 0
     assert "skipped" in text and "zz broken.mid" in text
-    assert load_weights(tmp_path / "out").meta["provenance"]["data"]["train"]["files"] == 2
+    provenance = load_weights(tmp_path / "out").meta["provenance"]
+    assert provenance["data"]["train"]["files"] == 2 and len(provenance["skipped_files"]) == 1
+    assert "(2 files, 1 skipped)" in text and "epoch 1: step 1/1, running train loss" in text
 
     # the same --out again without --resume is refused; a resume that changes the recipe is refused
     code, text = run_cli(args, capsys)

@@ -37,6 +37,7 @@ CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
 EVAL_BATCH = 32
+STATUS_EVERY_S = 300  # without progress bars, a status line this often keeps long epochs visible in a log
 
 
 class FitError(Exception):
@@ -333,7 +334,7 @@ class Run:
         if saved is not None:
             self._restore(saved)
         self.wall_before = self.state["wall_seconds"]  # spent by earlier processes of this run
-        self.saved_at = time.monotonic()
+        self.saved_at = self.status_at = time.monotonic()
         self.net: nn.Module = self.model
         if self.dist.active:
             self.net = nn.parallel.DistributedDataParallel(
@@ -450,7 +451,8 @@ class Run:
         dirty = False
         self.report(
             f"{self.config.kind}: {parameter_count(self.model):,} parameters on {self.device} x{self.dist.world}; "
-            f"train {len(self.train.windows):,} windows ({len(self.train.files)} files), "
+            f"train {len(self.train.windows):,} windows ({len(self.train.files)} files"
+            f"{f', {len(self.train.skipped)} skipped' if self.train.skipped else ''}), "
             f"test {len(self.eval_indices):,} of {len(self.test.windows):,} windows"
         )
         while True:
@@ -500,7 +502,14 @@ class Run:
                     self.save()
                     dirty = False
                 bar.update(1)
-                bar.set_postfix(loss=f"{state['epoch_loss_sum'] / state['epoch_tokens']:.4f}", lr=f"{lr:.2e}")
+                running = state["epoch_loss_sum"] / state["epoch_tokens"]
+                bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
+                if not self.progress and time.monotonic() - self.status_at >= STATUS_EVERY_S:
+                    self.status_at = time.monotonic()
+                    self.report(
+                        f"epoch {epoch}: step {state['batch_in_epoch']}/{len(steps)}, running train loss {running:.4f}, "
+                        f"{state['epoch_tokens'] / max(state['epoch_train_seconds'], 1e-9):,.0f} tokens/s"
+                    )
             bar.close()
             test_loss, reason = self.evaluate(stopper)
             if test_loss is None:
@@ -546,6 +555,7 @@ class Run:
             "trained_by": "antiphon-train fit",
             "data_folder": str(self.data_folder),
             "data": self.data_fingerprint,
+            "skipped_files": self.train.skipped + self.test.skipped,
             "recipe": asdict(self.recipe),
             "epochs": state["epoch"],
             "steps": state["step"],

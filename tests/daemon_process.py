@@ -143,8 +143,10 @@ def sounding(messages: list[mido.Message]) -> set[tuple[int, int]]:
 class DaemonProcess:
     """`antiphon run --config <generated>` as a child process, its log in a file."""
 
-    def __init__(self, folder: Path, sections: dict[str, dict], env: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, sections: dict[str, dict], env: dict[str, str] | None = None,
+                 flags: list[str] | None = None) -> None:
         self.folder = folder
+        self.flags = flags or []
         self.config = folder / "config.toml"
         self.config.write_text(toml(sections))
         self.log = folder / "daemon.log"
@@ -153,7 +155,7 @@ class DaemonProcess:
 
     def start(self) -> "DaemonProcess":
         command = [sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())",
-                   "run", "--config", str(self.config)]
+                   "run", "--config", str(self.config), *self.flags]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -211,12 +213,18 @@ def daemon_sections(peer: JackPeer, weights: Path, broker: Broker, prefix: str) 
     }
 
 
-def start_jam(folder: Path, broker: Broker) -> Jam:
+def start_jam(folder: Path, broker: Broker, mqtt_flags: bool = False) -> Jam:
+    """The daemon, configured by TOML (or its broker by --mqtt-* flags), online and stated."""
     weights = save_tiny_weights(folder / "lstm")
     save_tiny_weights(folder / "transformer", "transformer")
     peer = JackPeer()
     prefix = f"antiphon/test-{uuid.uuid4().hex[:8]}"
-    daemon = DaemonProcess(folder, daemon_sections(peer, weights, broker, prefix)).start().wait_ready()
+    sections = daemon_sections(peer, weights, broker, prefix)
+    flags = []
+    if mqtt_flags:
+        del sections["mqtt"]
+        flags = ["--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--mqtt-prefix", prefix]
+    daemon = DaemonProcess(folder, sections, flags=flags).start().wait_ready()
     observer = MqttObserver(broker, prefix)
     wait_online(observer)
     observer.wait_state(lambda s: True, "the retained state")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -184,6 +185,20 @@ def test_weights_hot_swap_keeps_the_midi_session(jam: Jam) -> None:
     jam.observer.wait_state(lambda s: s["weights"]["kind"] == "lstm", "lstm back in use", mark)
 
 
+def test_weights_that_fail_to_load_are_answered_on_error(jam: Jam) -> None:
+    broken = jam.folder / "broken"
+    shutil.copytree(jam.folder / "lstm", broken)
+    for tensors in broken.glob("*.safetensors"):
+        tensors.write_bytes(tensors.read_bytes()[:100])
+    mark = jam.observer.mark()
+    jam.observer.publish("set/weights", str(broken))
+    error = jam.observer.wait_for(lambda: jam.observer.latest("error", mark), "an error for the broken weights").json()
+    assert error["topic"] == f"{jam.observer.prefix}/set/weights" and error["payload"] == str(broken)
+    assert "broken" in error["reason"]
+    assert jam.observer.state()["weights"]["kind"] == "lstm"
+    assert jam.observer.on("state", mark) == []
+
+
 def test_port_lost_and_regained_events(jam: Jam) -> None:
     mark = jam.observer.mark()
     jam.peer.close_synth()
@@ -241,7 +256,7 @@ def test_a_thousand_malformed_payloads_each_get_an_error(jam: Jam) -> None:
 def test_broker_restart_daemon_returns_online_with_its_state(
     jack_server: object, mosquitto: Broker, tmp_path: Path
 ) -> None:
-    running = start_jam(tmp_path, mosquitto)
+    running = start_jam(tmp_path, mosquitto, mqtt_flags=True)
     try:
         observer = running.observer
         mark = observer.mark()

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import random
+import time
 from typing import Any, Callable, Protocol
 
 import aiomqtt
@@ -173,17 +174,26 @@ class MqttBridge:
         client = self._client()
         backoff = BACKOFF_FIRST_S
         where = f"{self.settings.host}:{self.settings.port}"
+        lost_since: float | None = None  # one warning per outage, not one per attempt
         while True:
             try:
                 async with client:
-                    log.info("MQTT: connected to %s, prefix %s", where, self.prefix)
-                    backoff = BACKOFF_FIRST_S
+                    if lost_since is None:
+                        log.info("MQTT: connected to %s, prefix %s", where, self.prefix)
+                    else:
+                        log.info("MQTT: connected to %s again after %.1f s", where, time.monotonic() - lost_since)
+                    lost_since, backoff = None, BACKOFF_FIRST_S
                     await self._session(client)
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT: broker %s unreachable (%s); retrying in %.1f s", where, exc, backoff)
+                if lost_since is None:
+                    log.warning("MQTT: broker %s unreachable (%s); retrying with backoff", where, exc)
+                else:
+                    log.debug("MQTT: broker %s still unreachable (%s); next try in %.1f s", where, exc, backoff)
             except Exception:
                 # MQTT is a side channel: a bug here must not end the jam, only this connection.
                 log.exception("MQTT: bridge failed; reconnecting in %.1f s", backoff)
+            if lost_since is None:
+                lost_since = time.monotonic()
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 

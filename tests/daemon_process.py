@@ -1,6 +1,7 @@
-"""The real daemon as a child process, and a JACK peer playing keyboard and synth to it.
+"""The real daemon as a child process, a JACK peer playing keyboard and synth to it, and
+systemd's end of sd_notify.
 
-Used by the service tests (MQTT, signals). The daemon gets tiny random-init weights (fast to
+Used by the service tests (MQTT, signals) and bench/service_stop.py. The daemon gets tiny random-init weights (fast to
 load), a generated TOML config and the test's JACK server (JACK_DEFAULT_SERVER is inherited).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -138,6 +140,44 @@ def sounding(messages: list[mido.Message]) -> set[tuple[int, int]]:
         elif m.type == "control_change" and m.control in (ALL_NOTES_OFF, ALL_SOUND_OFF):
             on = {key: count for key, count in on.items() if key[0] != m.channel}
     return {key for key, count in on.items() if count}
+
+
+class NotifySocket:
+    """systemd's side of sd_notify: a bound datagram socket, read by a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._open = True
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while self._open:
+            try:
+                datagram = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            with self._changed:
+                self.lines.extend(datagram.decode().split("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, line: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while line not in self.lines:
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {line!r} from the daemon; got {self.lines}"
+                self._changed.wait(left)
+
+    def close(self) -> None:
+        self._open = False
+        self._reader.join()
+        self._sock.close()
 
 
 class DaemonProcess:

@@ -85,6 +85,7 @@ class Received(NamedTuple):
     topic: str
     payload: bytes
     retain: bool
+    arrived: float  # time.monotonic() when the observer got it
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -110,7 +111,8 @@ class MqttObserver:
 
     def _message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         with self._changed:
-            self.messages.append(Received(message.topic, bytes(message.payload), bool(message.retain)))
+            self.messages.append(Received(message.topic, bytes(message.payload), bool(message.retain),
+                                          time.monotonic()))
             self._changed.notify_all()
 
     def wait_for(self, condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:

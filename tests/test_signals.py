@@ -7,59 +7,19 @@ JACK peer (keyboard and synth) watch what the daemon does.
 from __future__ import annotations
 
 import signal
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from daemon_process import (DaemonProcess, Jam, JackPeer, answer_heard, daemon_sections, events,
-                            save_tiny_weights, sounding, wait_online)
+from daemon_process import (DaemonProcess, Jam, JackPeer, NotifySocket, answer_heard, daemon_sections,
+                            events, save_tiny_weights, sounding, wait_online)
 from fixtures_mqtt import Broker, MqttObserver
 
 # systemd's TimeoutStopSec in the shipped units: SIGKILL after this. The 2 s target is
 # measured by bench/service_stop.py, not asserted on a shared, loaded test machine.
 TIMEOUT_STOP_S = 5.0
-
-
-class NotifySocket:
-    """systemd's side of sd_notify: a bound datagram socket, read by a thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.2)
-        self._open = True
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while self._open:
-            try:
-                datagram = self._sock.recv(4096)
-            except TimeoutError:
-                continue
-            with self._changed:
-                self.lines.extend(datagram.decode().split("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, line: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while line not in self.lines:
-                left = deadline - time.monotonic()
-                assert left > 0, f"no {line!r} from the daemon; got {self.lines}"
-                self._changed.wait(left)
-
-    def close(self) -> None:
-        self._open = False
-        self._reader.join()
-        self._sock.close()
 
 
 @pytest.fixture

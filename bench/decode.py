@@ -1,12 +1,16 @@
 """Per-token decode latency at a full 256-token context: the cached engine against recomputing
 the whole window for every token (the paper's method), both models, measured side by side.
 
-    python bench/decode.py [--tokens N] [--threads T ...] [--device cpu|cuda] [--weights-root DIR]
+    python bench/decode.py [--threads T ...] [--precision fp32 fp16] [--device cpu|cuda]
+                           [--weights-root DIR [--nll]]
 
 Prints a table, then one JSON line with transformer_ms, transformer_recompute_ms, lstm_ms,
-lstm_recompute_ms (the first --threads value), their ratios, every thread count measured, and the
-device. Random-initialised models unless --weights-root holds transformer/ and lstm/ folders
-(latency does not depend on the weights' values).
+lstm_recompute_ms (fp32, the first --threads value), their ratios, *_best_ms (the fastest repeat:
+on a shared machine the least disturbed one), *_fp16_ms for the fp16 engine option, every thread
+count measured, and the device. Random-initialised models unless --weights-root holds transformer/
+and lstm/ folders (latency does not depend on the weights' values). With --nll, also the mean NLL
+per token of each precision streamed over reference test files (bench/rolling_context.py's
+method), the price of fp16.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from daemon.decoding import PRECISIONS  # noqa: E402
 from daemon.engine import CONTEXT, Engine  # noqa: E402
 from daemon.model import build_model, default_config  # noqa: E402
 from daemon.weights import load_weights  # noqa: E402
@@ -32,17 +37,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def cached_ms(engine: Engine, tokens: list[int], repeats: int) -> float:
-    """Median over repeats of the mean step time, each step at a full 256-token context."""
+def cached_ms(engine: Engine, tokens: list[int], repeats: int, batch: int = 16) -> tuple[float, float]:
+    """(median, minimum) over repeats of the mean step time of `batch` steps, each at a full
+    256-token context."""
     engine.reset(tokens[:CONTEXT])
     engine.feed(tokens[CONTEXT : CONTEXT + 16])  # warm-up, also wraps the ring once
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        engine.feed(tokens[CONTEXT : CONTEXT + 64])
+        engine.feed(tokens[CONTEXT : CONTEXT + batch])
         synchronize(engine.device)
-        times.append((time.perf_counter() - start) / 64 * 1000)
-    return statistics.median(times)
+        times.append((time.perf_counter() - start) / batch * 1000)
+    return statistics.median(times), min(times)
 
 
 def recompute_ms(model: torch.nn.Module, tokens: list[int], device: torch.device, count: int) -> float:
@@ -62,13 +68,17 @@ def recompute_ms(model: torch.nn.Module, tokens: list[int], device: torch.device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=60, help="batches of 16 steps timed per engine")
     parser.add_argument("--recompute", type=int, default=15, help="full-window forwards timed per model")
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, help="engine options (default: all on cpu)")
     parser.add_argument("--weights-root", type=Path)
+    parser.add_argument("--nll", action="store_true", help="NLL of each precision on reference test files")
+    parser.add_argument("--nll-files", type=int, default=4)
     args = parser.parse_args()
     device = torch.device(args.device)
+    precisions = args.precision or (list(PRECISIONS) if device.type == "cpu" else ["fp32"])
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 153, (CONTEXT + 128,), generator=generator).tolist()
     results: dict[str, float | str | dict] = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)}
@@ -82,20 +92,45 @@ def main() -> None:
             else:
                 torch.manual_seed(0)
                 model = build_model(default_config(kind)).eval()
-            engine = Engine(model, device)
-            row[f"{kind}_ms"] = cached_ms(engine, tokens, args.repeats)
-            row[f"{kind}_recompute_ms"] = recompute_ms(engine.model, tokens, device, args.recompute)
-            row[f"{kind}_speedup"] = row[f"{kind}_recompute_ms"] / row[f"{kind}_ms"]
-            print(
-                f"threads={threads} {kind:11s} cached {row[f'{kind}_ms']:7.3f} ms/token   "
-                f"recompute {row[f'{kind}_recompute_ms']:8.2f} ms/token   x{row[f'{kind}_speedup']:.1f}",
-                flush=True,
-            )
+            row[f"{kind}_recompute_ms"] = recompute_ms(model.to(device).eval(), tokens, device, args.recompute)
+            for precision in precisions:
+                name = kind if precision == "fp32" else f"{kind}_{precision}"
+                engine = Engine(model, device, precision=precision)
+                row[f"{name}_ms"], row[f"{name}_best_ms"] = cached_ms(engine, tokens, args.repeats)
+                row[f"{name}_speedup"] = row[f"{kind}_recompute_ms"] / row[f"{name}_ms"]
+                print(
+                    f"threads={threads} {kind:11s} {precision} cached {row[f'{name}_ms']:7.3f} ms/token "
+                    f"(best {row[f'{name}_best_ms']:.3f})   recompute {row[f'{kind}_recompute_ms']:8.2f} ms/token   "
+                    f"x{row[f'{name}_speedup']:.1f}",
+                    flush=True,
+                )
         per_threads[str(threads)] = row
     results.update(per_threads[str(args.threads[0])])
     results["threads"] = args.threads[0]
     results["by_threads"] = per_threads
+    if args.nll:
+        results.update(precision_nll(args.weights_root, precisions, args.nll_files))
     print(json.dumps(results))
+
+
+def precision_nll(weights_root: Path, precisions: list[str], files: int) -> dict[str, float]:
+    """Mean NLL per token of each precision, streamed like the daemon over reference test files."""
+    from rolling_context import streamed  # bench/ is this script's folder, first on sys.path
+
+    from training.midi_loading import load_folder
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "test"
+    streams = [item.tokens for item in load_folder(data, report=lambda *_: None).loaded if len(item.tokens) > 2 * CONTEXT]
+    results = {}
+    for kind in ("transformer", "lstm"):
+        model = load_weights(weights_root / kind).model
+        for precision in precisions:
+            engine, losses = Engine(model, "cpu", precision=precision), []
+            for tokens in streams[:files]:
+                losses += streamed(engine, tokens, range(CONTEXT - 1, 2 * CONTEXT - 1))[0]
+            results[f"{kind}_{precision}_nll"] = statistics.fmean(losses)
+            print(f"{kind:11s} {precision} NLL {results[f'{kind}_{precision}_nll']:.4f} over {len(losses)} tokens", flush=True)
+    return results
 
 
 if __name__ == "__main__":

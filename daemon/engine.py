@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from daemon.codec import BAR
+from daemon.decoding import check_precision
 from daemon.weights import load_weights
 
 CONTEXT = 256
@@ -34,8 +35,15 @@ def default_device() -> torch.device:
 class Engine:
     """Feed tokens, read the next token's logits. Not thread-safe: one thread at a time."""
 
-    def __init__(self, model: nn.Module, device: torch.device | str | None = None, name: str = "") -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device | str | None = None, name: str = "", precision: str = "fp32"
+    ) -> None:
+        """precision: "fp32" (exact, the default) or "fp16" (CPU only: weights stored in half
+        precision for the decode steps, about twice as fast; its NLL cost is printed by
+        bench/decode.py --nll)."""
         self.device = torch.device(device) if device is not None else default_device()
+        check_precision(precision, self.device)
+        self.precision = precision
         self.model = model.to(self.device).eval()
         self.kind: str = model.config.kind
         self.name = name or self.kind
@@ -47,16 +55,18 @@ class Engine:
         self.reset()
 
     @classmethod
-    def load(cls, weights_dir: str | os.PathLike, device: torch.device | str | None = None) -> "Engine":
+    def load(
+        cls, weights_dir: str | os.PathLike, device: torch.device | str | None = None, precision: str = "fp32"
+    ) -> "Engine":
         loaded = load_weights(weights_dir, device or default_device())
-        return cls(loaded.model, device, name=str(Path(weights_dir)))
+        return cls(loaded.model, device, name=str(Path(weights_dir)), precision=precision)
 
     def reset(self, tokens: Sequence[int] = (BAR,)) -> None:
         """Forget everything and prime with `tokens` (the last window of them)."""
         self.context.clear()
         self.position = 0
         with torch.inference_mode():
-            self._state = self.model.init_state()
+            self._state = self.model.init_state(precision=self.precision)
             tokens = list(tokens)[-self.window :]
             if tokens:
                 logits, self._state = self.model.prefill(self._tensor(tokens), self._state)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from daemon.codec import VOCAB_SIZE
+from daemon.decoding import cached, decode_linear
 
 
 @dataclass(frozen=True)
@@ -60,33 +62,68 @@ class LSTMModel(nn.Module):
         hidden, state = self.lstm(self.embed(tokens), state)
         return self._head(hidden), state
 
-    # Incremental inference: the state is a tuple (h, c) of [layers, 1, hidden].
-    def init_state(self) -> LSTMState | None:
-        return None
+    # Incremental inference: the state is a tuple (h, c) of [layers, 1, hidden], plus the
+    # decode weights (prepared once per set of parameter values).
+    def init_state(self, precision: str = "fp32") -> LSTMDecodeState:
+        return LSTMDecodeState(None, cached(self, precision, self._decode_weights))
 
-    def prefill(self, tokens: torch.Tensor, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
+    def _decode_weights(self, precision: str) -> "LSTMDecodeWeights":
+        # One matrix [W_ih | W_hh] per layer and one summed bias: one addmm on [x, h] per layer.
+        cells = [
+            decode_linear(
+                torch.cat([getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}")], 1),
+                getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}"),
+                precision,
+            )
+            for layer in range(self.config.num_layers)
+        ]
+        return LSTMDecodeWeights(
+            self.embed.weight.detach(), cells,
+            decode_linear(self.fc1.weight, self.fc1.bias, precision), (self.norm1.weight.detach(), self.norm1.bias.detach()),
+            decode_linear(self.fc2.weight, self.fc2.bias, precision), (self.norm2.weight.detach(), self.norm2.bias.detach()),
+            decode_linear(self.head.weight, self.head.bias, precision),
+        )
+
+    def prefill(self, tokens: torch.Tensor, state: LSTMDecodeState) -> tuple[torch.Tensor, LSTMDecodeState]:
         """tokens [T] -> (logits of the last token [vocab], state)."""
-        logits, state = self.forward_with_state(tokens.view(1, -1), state)
-        return logits[0, -1], state
+        logits, carried = self.forward_with_state(tokens.view(1, -1), state.carried)
+        return logits[0, -1], LSTMDecodeState(carried, state.weights)
 
-    def step(self, token: torch.Tensor, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
+    def step(self, token: torch.Tensor, state: LSTMDecodeState) -> tuple[torch.Tensor, LSTMDecodeState]:
         """token LongTensor [1] -> (logits [vocab], state).
 
-        One fused lstm_cell per layer: nn.LSTM on a single step costs several times more."""
-        if state is None:
-            zeros = self.head.weight.new_zeros(self.config.num_layers, 1, self.config.hidden_size)
-            state = (zeros, zeros)
-        x = F.embedding(token, self.embed.weight)
+        The cell is written out (one addmm on [x, h] with pre-concatenated weights, then the
+        gates): 3.6 ms against 4.8 ms with torch._VF.lstm_cell per layer in an interleaved A/B
+        on the loaded dev VM; nn.LSTM on one step costs several times more."""
+        weights = state.weights
+        if state.carried is None:
+            zeros = weights.embed.new_zeros(self.config.num_layers, 1, self.config.hidden_size)
+            previous_h, previous_c = zeros, zeros
+        else:
+            previous_h, previous_c = state.carried
+        x = F.embedding(token, weights.embed)
         hs, cs = [], []
-        for layer in range(self.config.num_layers):
-            h, c = torch._VF.lstm_cell(
-                x, (state[0][layer], state[1][layer]),
-                getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}"),
-                getattr(self.lstm, f"bias_ih_l{layer}"), getattr(self.lstm, f"bias_hh_l{layer}"),
-            )
-            hs.append(h)
+        for cell, h, c in zip(weights.cells, previous_h, previous_c):
+            input_gate, forget_gate, cell_gate, output_gate = cell(torch.cat([x, h], 1)).chunk(4, 1)
+            c = torch.addcmul(forget_gate.sigmoid_().mul_(c), input_gate.sigmoid_(), cell_gate.tanh_())
+            x = output_gate.sigmoid_().mul_(c.tanh())
+            hs.append(x)
             cs.append(c)
-            x = h
-        x = F.relu(F.layer_norm(F.linear(x, self.fc1.weight, self.fc1.bias), self.norm1.normalized_shape, self.norm1.weight, self.norm1.bias))
-        x = F.relu(F.layer_norm(F.linear(x, self.fc2.weight, self.fc2.bias), self.norm2.normalized_shape, self.norm2.weight, self.norm2.bias))
-        return F.linear(x, self.head.weight, self.head.bias).view(-1), (torch.stack(hs), torch.stack(cs))
+        x = F.relu(F.layer_norm(weights.fc1(x), self.norm1.normalized_shape, *weights.norm1))
+        x = F.relu(F.layer_norm(weights.fc2(x), self.norm2.normalized_shape, *weights.norm2))
+        return weights.head(x).view(-1), LSTMDecodeState((torch.stack(hs), torch.stack(cs)), weights)
+
+
+class LSTMDecodeWeights(NamedTuple):
+    embed: torch.Tensor
+    cells: list[Callable[[torch.Tensor], torch.Tensor]]
+    fc1: Callable[[torch.Tensor], torch.Tensor]
+    norm1: tuple[torch.Tensor, torch.Tensor]
+    fc2: Callable[[torch.Tensor], torch.Tensor]
+    norm2: tuple[torch.Tensor, torch.Tensor]
+    head: Callable[[torch.Tensor], torch.Tensor]
+
+
+class LSTMDecodeState(NamedTuple):
+    carried: LSTMState | None  # (h, c) of [layers, 1, hidden]; None before the first token
+    weights: LSTMDecodeWeights

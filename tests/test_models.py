@@ -48,6 +48,35 @@ def test_prefill_then_steps_equal_the_full_forward(model, device, split):
     assert engine.position == CONTEXT
 
 
+@pytest.mark.parametrize("precision, tolerance", [("fp16", 5e-3), ("int8", 0.1)])
+def test_reduced_precision_decode_stays_near_the_full_forward(model, precision, tolerance):
+    tokens = torch.randint(0, 153, (48,), generator=torch.Generator().manual_seed(11)).tolist()
+    engine = Engine(model, "cpu", precision=precision)
+    engine.reset(tokens[:1])
+    engine.feed(tokens[1:])
+    error = np.abs(engine.logits - full_logits(model, tokens, "cpu")[-1]).max()
+    assert 1e-5 < error <= tolerance  # really rounded, and still close
+
+
+def test_decode_weights_follow_parameter_updates(model):
+    tokens = torch.randint(0, 153, (32,), generator=torch.Generator().manual_seed(12)).tolist()
+    engine = Engine(model, "cpu")
+    with torch.no_grad():
+        model.head.weight.mul_(2)  # exactly undone below
+    try:
+        engine.reset(tokens[:1])
+        engine.feed(tokens[1:])
+        assert np.abs(engine.logits - full_logits(model, tokens, "cpu")[-1]).max() <= 1e-4
+    finally:
+        with torch.no_grad():
+            model.head.weight.div_(2)
+
+
+def test_unknown_decode_precision_is_named():
+    with pytest.raises(ValueError, match="unknown decode precision 'fp8'"):
+        Engine(build_model(default_config("lstm")), "cpu", precision="fp8")
+
+
 def test_transformer_cache_slides_past_the_context():
     torch.manual_seed(3)
     model = build_model(config_from_dict({"kind": "transformer", "num_layers": 2, "context": 16, "max_distance": 11})).eval()

@@ -1,0 +1,99 @@
+"""Weights prepared once for one-token decode steps, shared by both models' step().
+
+A decode step multiplies one row by every weight matrix, so it is bound by reading the weights
+(~17 MB per token for either model, out of L3). Measured on the 2-core dev VM, one thread, minimum
+over interleaved repeats, all 32 matrices of the Transformer (16.8 MB):
+  F.linear 1.36 ms, addmm on a pre-transposed copy 1.09 ms, torch.sum over the same bytes 1.14 ms
+  fbgemm fp16 weights 0.66 ms (half the bytes), fbgemm int8 weights 0.45 ms
+  torch's own fp16/bf16 F.linear: no faster than fp32 (1.36 / 1.55 ms); addmm in fp16: 10x slower.
+So "fp32" keeps exact weights, pre-transposed for addmm; "fp16" stores them through fbgemm
+(about 2e-4 relative error per matrix), an explicit opt-in whose NLL cost bench/decode.py --nll reports.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+Prepared = TypeVar("Prepared")
+
+
+class DecodeLinear:
+    """x [1, in] -> x W^T + b [1, out], exact fp32: addmm on a pre-transposed weight."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.weight_t = weight.detach().t().contiguous()
+        self.bias = bias.detach().clone()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight_t)
+
+
+class Fp16DecodeLinear:
+    """The same with the weight stored as fp16 by fbgemm (CPU only; activations stay fp32)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.packed = without_deprecation_warning(torch.fbgemm_pack_gemm_matrix_fp16, weight.detach().float().contiguous())
+        self.bias = bias.detach().float().clone()
+        without_deprecation_warning(self, weight.new_zeros(1, weight.shape[1]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fbgemm_linear_fp16_weight_fp32_activation(x, self.packed, self.bias)
+
+
+class Int8DecodeLinear:
+    """The same with the weight quantized to int8 by fbgemm (one scale per matrix; the row x is
+    quantized on the fly): a quarter of the bytes, ~1% relative error per matrix."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.weight = weight.detach().float().contiguous()  # fbgemm reads only its shape
+        self.quantized, self.column_offsets, self.scale, self.zero_point = without_deprecation_warning(
+            torch.fbgemm_linear_quantize_weight, self.weight
+        )
+        self.packed = without_deprecation_warning(torch.fbgemm_pack_quantized_matrix, self.quantized)
+        self.bias = bias.detach().float().clone()
+        without_deprecation_warning(self, weight.new_zeros(1, weight.shape[1]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fbgemm_linear_int8_weight_fp32_activation(
+            x, self.weight, self.packed, self.column_offsets, self.scale, self.zero_point, self.bias
+        )
+
+
+LINEARS = {"fp32": DecodeLinear, "fp16": Fp16DecodeLinear, "int8": Int8DecodeLinear}
+
+
+def decode_linear(weight: torch.Tensor, bias: torch.Tensor, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    check_precision(precision, weight.device)
+    return LINEARS[precision](weight, bias)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown decode precision {precision!r} (expected one of {list(PRECISIONS)})")
+    if precision != "fp32" and device.type != "cpu":
+        raise ValueError(f"decode precision {precision!r} is a CPU option (fbgemm); the model is on {device}")
+
+
+def without_deprecation_warning(function: Callable[..., Any], *args: Any) -> Any:
+    """torch warns once per process that its fbgemm_* functions are deprecated (they still are
+    the only fp16/int8 matrix-vector kernels faster than fp32 here); callers see it in the docs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*fbgemm.* is deprecated", category=UserWarning)
+        return function(*args)
+
+
+def cached(model: nn.Module, precision: str, build: Callable[[str], Prepared]) -> Prepared:
+    """build(precision), reused while the parameters are unchanged: the key holds each parameter's
+    storage and version counter, so an optimizer step, load_state_dict or .to() rebuilds it."""
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    prepared = model.__dict__.setdefault("_decode_cache", {})
+    if precision not in prepared or prepared[precision][0] != key:
+        with torch.no_grad():
+            prepared[precision] = (key, build(precision))
+    return prepared[precision][1]

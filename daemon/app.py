@@ -165,6 +165,9 @@ class JamApp:
     def add_listener(self, callback: Callable[[dict], None]) -> None:
         self.listeners.append(callback)
 
+    def remove_listener(self, callback: Callable[[dict], None]) -> None:
+        self.listeners.remove(callback)
+
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> int:
         self.loop = loop = asyncio.get_running_loop()
@@ -238,10 +241,8 @@ class JamApp:
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
             self._reopen_ports(settings)
         if settings.mqtt != old.mqtt:
-            if self._mqtt is not None:
-                self._mqtt.cancel()
-                self._mqtt = None
-            self._start_mqtt()
+            self.loop.create_task(self._restart_mqtt(self._mqtt), name="mqtt-restart")
+            self._mqtt = None
         logging.getLogger().setLevel(settings.log.level.upper())
         log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
@@ -295,6 +296,15 @@ class JamApp:
         self._tasks = [t for t in self._tasks if t.get_name() != "ports"]
         self._tasks.append(self.loop.create_task(self.ports.watch(self.loop), name="ports"))
         self._emit({"type": "state"})
+
+    async def _restart_mqtt(self, previous: asyncio.Task | None) -> None:
+        # The old connection says "offline" before the new one says "online" (same broker and
+        # prefix: the other order would leave "offline" retained).
+        if previous is not None:
+            previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
+        if not self._stop.is_set():
+            self._start_mqtt()
 
     def _start_mqtt(self) -> None:
         if not self.settings.mqtt.host:

@@ -59,6 +59,7 @@ class JamAppLike(Protocol):
     def apply_setting(self, name: str, value: Any) -> Any: ...
     def command(self, action: str) -> Any: ...
     def add_listener(self, callback: Callable[[dict], None]) -> Any: ...
+    def remove_listener(self, callback: Callable[[dict], None]) -> Any: ...
 
 
 class CommandError(ValueError):
@@ -134,7 +135,6 @@ class MqttBridge:
         self._events: asyncio.Queue[dict] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._state_pending = False
         self._slow_commands: set[asyncio.Task] = set()
-        app.add_listener(self._on_app_event)
 
     # -- app side ---------------------------------------------------------------------
     def _on_app_event(self, event: dict) -> None:
@@ -172,8 +172,15 @@ class MqttBridge:
     async def run(self) -> None:
         """Stay connected until cancelled; on cancel publish the retained "offline"."""
         client = self._client()
-        backoff = BACKOFF_FIRST_S
         where = f"{self.settings.host}:{self.settings.port}"
+        self.app.add_listener(self._on_app_event)
+        try:
+            await self._stay_connected(client, where)
+        finally:
+            self.app.remove_listener(self._on_app_event)
+
+    async def _stay_connected(self, client: aiomqtt.Client, where: str) -> None:
+        backoff = BACKOFF_FIRST_S
         lost_since: float | None = None  # one warning per outage, not one per attempt
         while True:
             try:

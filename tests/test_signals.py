@@ -96,6 +96,23 @@ def test_sighup_applies_the_new_config_without_dropping_midi(jam_with_systemd: J
     assert "config reloaded" in jam.daemon.log_text()
 
 
+def test_sighup_moves_mqtt_to_a_new_prefix(jam_with_systemd: Jam, mosquitto: Broker) -> None:
+    jam = jam_with_systemd
+    old_prefix = jam.observer.prefix
+    new_prefix = old_prefix + "-moved"
+    mark = jam.observer.mark()
+    jam.daemon.config.write_text(jam.daemon.config.read_text().replace(old_prefix, new_prefix))
+    jam.daemon.signal(signal.SIGHUP)
+    moved = MqttObserver(mosquitto, new_prefix)
+    try:
+        wait_online(moved)
+        assert moved.wait_state(lambda s: True, "the state under the new prefix")["ports"]["out"]["connected"]
+    finally:
+        moved.close()
+    status = jam.observer.wait_for(lambda: jam.observer.latest("status", mark), "the old prefix's status")
+    assert status.payload == b"offline"
+
+
 @pytest.mark.parametrize(
     "bad, reason",
     [("[jam]\ntemperature = 99\n", "temperature = 99"), ("[jam\n", "not valid TOML"),

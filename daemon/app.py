@@ -241,8 +241,8 @@ class JamApp:
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
             self._reopen_ports(settings)
         if settings.mqtt != old.mqtt:
-            self.loop.create_task(self._restart_mqtt(self._mqtt), name="mqtt-restart")
-            self._mqtt = None
+            # Until the new bridge runs, the restart is the task to cancel on shutdown.
+            self._mqtt = self.loop.create_task(self._restart_mqtt(self._mqtt), name="mqtt-restart")
         logging.getLogger().setLevel(settings.log.level.upper())
         log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
@@ -303,8 +303,7 @@ class JamApp:
         if previous is not None:
             previous.cancel()
             await asyncio.gather(previous, return_exceptions=True)
-        if not self._stop.is_set():
-            self._start_mqtt()
+        self._start_mqtt()
 
     def _start_mqtt(self) -> None:
         if not self.settings.mqtt.host:

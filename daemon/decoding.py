@@ -90,8 +90,9 @@ def without_deprecation_warning(function: Callable[..., Any], *args: Any) -> Any
 
 def cached(model: nn.Module, precision: str, build: Callable[[str], Prepared]) -> Prepared:
     """build(precision), reused while the parameters are unchanged: the key holds each parameter's
-    storage and version counter, so an optimizer step, load_state_dict or .to() rebuilds it."""
-    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    storage and version counter, so an optimizer step, load_state_dict or .to() rebuilds it
+    (parameters created under inference_mode have no version counter: only their storage counts)."""
+    key = tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in model.parameters())
     prepared = model.__dict__.setdefault("_decode_cache", {})
     if precision not in prepared or prepared[precision][0] != key:
         with torch.no_grad():

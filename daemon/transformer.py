@@ -143,9 +143,11 @@ class TransformerModel(nn.Module):
     def step(self, token: torch.Tensor, state: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
         """token LongTensor [1] -> (logits [vocab], state). The cache is updated in place.
 
-        Written for few ops per layer (13 plus views): each torch op costs ~3-8 us here, which
-        at 8 layers is the same order as reading the weights. Keys are cached transposed
-        ([H, d, slots]): q.K^T on that layout took 8 us against 42 us on [H, slots, d]."""
+        Written for few ops per layer (13 plus a few views; narrow/select/unbind rather than
+        tensor[...] indexing, which costs several more us per call): each torch call costs ~3-8 us
+        on the dev VM, which at 8 layers is the same order as reading the weights. Keys are
+        cached transposed ([H, d, slots]): q.K^T on that layout took 8 us against 42 us on
+        [H, slots, d]."""
         slot, used = state.advance()
         weights = state.weights
         width = self.config.d_model
@@ -156,15 +158,14 @@ class TransformerModel(nn.Module):
         x = F.embedding(token, weights.embed)  # [1, D]
         scores = None
         for layer, keys, values in zip(weights.layers, state.keys, state.values):
-            qkv = layer.qkv(x)  # [1, 3D], q already scaled
-            q = qkv[:, :width].view(heads, -1)
-            keys[:, :, slot] = qkv[0, width : 2 * width].view(heads, -1)
-            values[:, slot] = qkv[0, 2 * width :].view(heads, -1)
-            relative = layer.relative[first : first + used].t()
+            q, key, value = layer.qkv(x).view(3, heads, -1).unbind(0)  # q already scaled
+            keys.select(2, slot).copy_(key)
+            values.select(1, slot).copy_(value)
+            relative = layer.relative.narrow(0, first, used).t()
             row = torch.mm(q, relative) if scores is None else torch.addmm(scores, q, relative)  # [H, used]
-            row = torch.baddbmm(row.unsqueeze(1), q.unsqueeze(1), keys[:, :, :used])  # [H, 1, used]
+            row = torch.baddbmm(row.unsqueeze(1), q.unsqueeze(1), keys.narrow(2, 0, used))  # [H, 1, used]
             scores = row.view(heads, used)
-            attended = torch.bmm(torch.softmax(row, dim=-1), values[:, :used]).view(1, width)
+            attended = torch.bmm(torch.softmax(row, dim=-1), values.narrow(1, 0, used)).view(1, width)
             x = F.layer_norm(layer.proj(attended).add_(x), shape, *layer.norm1)
             x = F.layer_norm(layer.ff2(layer.ff1(x).relu_()).add_(x), shape, *layer.norm2)
         return weights.head(x).view(-1), state

@@ -203,7 +203,8 @@ async def _duet(out_dir: Path, weights: str, bpm: float, seed: int, transport: s
     results: dict = {}
 
     def listen(event: dict) -> None:
-        if event["type"] == "answer_finished":
+        # An answer the phrase itself interrupted (a barge-in) is not the demo's answer.
+        if event["type"] == "answer_finished" and not event["barged_in"]:
             results.update(event)
             finished.set()
 

@@ -48,7 +48,7 @@ def _restore(previous: str | None) -> None:
 class JackServer:
     """jackd with the dummy driver; period frames set the MIDI delivery granularity."""
 
-    def __init__(self, name: str | None = None, rate: int = 48000, period: int = 64) -> None:
+    def __init__(self, name: str | None = None, rate: int = 48000, period: int = 256) -> None:
         self.name = name or f"antiphon-{uuid.uuid4().hex[:8]}"
         self.rate = rate
         self.period = period

@@ -217,9 +217,9 @@ class JamSession:
     def _note_off(self, pitch: int, t: float) -> None:
         position = self.position(t)
         self.tokenizer.note_off(pitch, position)
+        self._last_release = position
         self._commit(t)
-        if self.tokenizer.keys_down == 0 and self.phase == LISTENING and not self.idle:
-            self._last_release = position
+        if self.tokenizer.holding(position) == 0 and self.phase == LISTENING and not self.idle:
             self._plan_handover(position)
 
     def _anchor(self, t: float) -> None:
@@ -236,8 +236,12 @@ class JamSession:
     def _tick(self) -> None:
         self._ticker = None
         if self.tokenizer.sounding or self.tokenizer.pending:
-            self._commit(self.loop.time())
+            now = self.loop.time()
+            self._commit(now)
             self._ticker = self.loop.call_later(COMMIT_INTERVAL_S, self._tick)
+            stuck = self.tokenizer.keys_down and not self.tokenizer.holding(self.position(now))
+            if stuck and self.phase == LISTENING and not self.idle and self._handover is None:
+                self._plan_handover(max(self._last_release, self.position(now)))
 
     def _commit(self, t: float) -> None:
         notes = self.tokenizer.commit(self.position(t))
@@ -288,7 +292,10 @@ class JamSession:
             return
         wait = self.settings.jam.wait
         if wait == "bar":
-            start = self._bar_after(math.floor(released))
+            # The bar line must leave time to prepare: a release just before it (legato into
+            # the next bar) is not silence until that bar line.
+            lead_steps = self.settings.jam.lead_ms / 1000 / self.grid.step
+            start = self._bar_after(math.floor(released + lead_steps))
         else:
             start = math.ceil(released + wait)
         self._schedule_handover(start)
@@ -319,9 +326,11 @@ class JamSession:
 
     def _start_answer(self, start: int) -> None:
         self._handover = None
-        if self.phase != LISTENING or self.tokenizer.keys_down or self.paused:
+        if self.phase != LISTENING or self.tokenizer.holding(self.position(self.loop.time())) or self.paused:
             return
         now = self.loop.time()
+        # Keys still down here were held past the cap or lost their note-off: they end now.
+        self.tokenizer.release_keys(self.position(now))
         self.tokenizer.release_pedal(self.position(now))
         self._append_player_notes(self.tokenizer.commit(max(self.position(now), start) + 1))
         bar = self.stream.steps_per_bar

@@ -116,7 +116,7 @@ class LiveTokenizer:
     """Note events at grid positions in, notes committed in encoder order out."""
 
     def __init__(self) -> None:
-        self._down: dict[int, list[list[int]]] = defaultdict(list)  # pitch -> [[start, velocity]] FIFO
+        self._down: dict[int, list[list[int]]] = defaultdict(list)  # pitch -> [[start, velocity, onset]] FIFO
         self._sustained: dict[int, list[list[int]]] = defaultdict(list)
         self._pedal = False
         self._done: list[tuple[int, int, int, int]] = []  # heap of (start, pitch, -duration, velocity)
@@ -130,13 +130,13 @@ class LiveTokenizer:
         # A key struck again under the pedal ends the note the pedal was holding.
         for start, vel in self._sustained.pop(pitch, []):
             self._finish(pitch, start, vel, position)
-        self._down[pitch].append([quantise(position), velocity])
+        self._down[pitch].append([quantise(position), velocity, quantise(position)])
 
     def note_off(self, pitch: int, position: float) -> None:
         held = self._down.get(pitch)
         if not held:
             return
-        start, velocity = held.pop(0)  # first in, first out, as the offline reader pairs them
+        start, velocity, _ = held.pop(0)  # first in, first out, as the offline reader pairs them
         if not held:
             del self._down[pitch]
         if self._pedal:
@@ -149,6 +149,12 @@ class LiveTokenizer:
         if not down:
             self.release_pedal(position)
 
+    def release_keys(self, position: float) -> None:
+        """End every note still down, as if all keys were released now."""
+        for pitch in list(self._down):
+            while self._down.get(pitch):
+                self.note_off(pitch, position)
+
     def release_pedal(self, position: float) -> None:
         """End every note the pedal holds (the pedal itself may stay down)."""
         for pitch, notes in self._sustained.items():
@@ -160,6 +166,12 @@ class LiveTokenizer:
     @property
     def keys_down(self) -> int:
         return sum(len(v) for v in self._down.values())
+
+    def holding(self, position: float) -> int:
+        """Keys down that hold back a hand-over. A key down for more than the 32-step cap does
+        not (nor one whose note-off was lost on the way): it must not silence the daemon forever."""
+        now = quantise(position)
+        return sum(1 for notes in self._down.values() for note in notes if now - note[2] < MAX_DURATION)
 
     @property
     def sounding(self) -> int:
@@ -175,7 +187,7 @@ class LiveTokenizer:
         self._cap(position)
         now = quantise(position)
         first_open = min(
-            ((s, p) for p, notes in (*self._down.items(), *self._sustained.items()) for s, _ in notes),
+            ((s, p) for p, notes in (*self._down.items(), *self._sustained.items()) for s, *_ in notes),
             default=None,
         )
         committed: list[Note] = []

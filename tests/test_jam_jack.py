@@ -28,8 +28,8 @@ BPM = 240.0
 STEP = step_seconds(BPM)
 CALL = [Note(0, 60, 2, 90), Note(4, 64, 2, 90), Note(8, 67, 2, 90), Note(12, 72, 2, 90)]
 ANTIPHON = Path(sys.executable).with_name("antiphon")
-# JACK hands MIDI over once per period (64 frames at 48 kHz = 1.3 ms); allow a few of them.
-TRANSPORT_S = 0.02
+# JACK hands MIDI over once per period (256 frames at 48 kHz = 5.3 ms); allow a few of them.
+TRANSPORT_S = 0.025
 
 
 class Daemon:

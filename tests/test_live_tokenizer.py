@@ -160,3 +160,14 @@ def test_stream_bar_lines_follow_the_meter(steps_per_bar):
     stream = TokenStream(steps_per_bar)
     note = Note(steps_per_bar * 2 + 1, 60, 1)
     assert stream.note_tokens(note) == encode([note], range(0, note.start + 1, steps_per_bar))[1:]
+
+
+def test_a_key_down_past_the_cap_stops_holding_back_the_hand_over():
+    tokenizer = LiveTokenizer()
+    tokenizer.note_on(48, 80, 0.0)
+    tokenizer.note_on(60, 80, 20.0)
+    assert tokenizer.holding(31.0) == 2
+    assert tokenizer.holding(32.0) == 1  # 48 has been down for 32 steps
+    tokenizer.release_keys(40.0)
+    assert tokenizer.keys_down == 0
+    assert tokenizer.commit(41.0) == [Note(0, 48, 32, 80), Note(20, 60, 20, 80), Note(32, 48, 8, 80)]

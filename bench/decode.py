@@ -2,15 +2,15 @@
 the whole window for every token (the paper's method), both models, measured side by side.
 
     python bench/decode.py [--threads T ...] [--precision fp32 fp16] [--device cpu|cuda]
-                           [--weights-root DIR [--nll]]
+                           [--weights-root DIR] [--nll WEIGHTS_ROOT]
 
 Prints a table, then one JSON line with transformer_ms, transformer_recompute_ms, lstm_ms,
 lstm_recompute_ms (fp32, the first --threads value), their ratios, *_best_ms (the fastest repeat:
 on a shared machine the least disturbed one), *_fp16_ms for the fp16 engine option, every thread
 count measured, and the device. Random-initialised models unless --weights-root holds transformer/
 and lstm/ folders (latency does not depend on the weights' values). With --nll, also the mean NLL
-per token of each precision streamed over reference test files (bench/rolling_context.py's
-method), the price of fp16.
+per token of each precision for the trained weights there (each of transformer/ and lstm/ that
+exists), streamed over reference test files as in bench/rolling_context.py: the price of fp16/int8.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, help="engine options (default: all on cpu)")
     parser.add_argument("--weights-root", type=Path)
-    parser.add_argument("--nll", action="store_true", help="NLL of each precision on reference test files")
+    parser.add_argument("--nll", type=Path, metavar="WEIGHTS_ROOT", help="NLL of each precision on test files")
     parser.add_argument("--nll-files", type=int, default=4)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -109,7 +109,7 @@ def main() -> None:
     results["threads"] = args.threads[0]
     results["by_threads"] = per_threads
     if args.nll:
-        results.update(precision_nll(args.weights_root, precisions, args.nll_files))
+        results.update(precision_nll(args.nll, precisions, args.nll_files))
     print(json.dumps(results))
 
 
@@ -123,13 +123,18 @@ def precision_nll(weights_root: Path, precisions: list[str], files: int) -> dict
     streams = [item.tokens for item in load_folder(data, report=lambda *_: None).loaded if len(item.tokens) > 2 * CONTEXT]
     results = {}
     for kind in ("transformer", "lstm"):
+        if not (weights_root / kind).is_dir():
+            print(f"{kind:11s} no weights in {weights_root / kind}: NLL not measured", flush=True)
+            continue
         model = load_weights(weights_root / kind).model
         for precision in precisions:
             engine, losses = Engine(model, "cpu", precision=precision), []
             for tokens in streams[:files]:
                 losses += streamed(engine, tokens, range(CONTEXT - 1, 2 * CONTEXT - 1))[0]
             results[f"{kind}_{precision}_nll"] = statistics.fmean(losses)
-            print(f"{kind:11s} {precision} NLL {results[f'{kind}_{precision}_nll']:.4f} over {len(losses)} tokens", flush=True)
+            delta = results[f"{kind}_{precision}_nll"] - results[f"{kind}_{precisions[0]}_nll"]
+            print(f"{kind:11s} {precision} NLL {results[f'{kind}_{precision}_nll']:.4f} ({delta:+.4f} vs {precisions[0]}) "
+                  f"over {len(losses)} tokens", flush=True)
     return results
 
 

@@ -1,13 +1,17 @@
 """Weights prepared once for one-token decode steps, shared by both models' step().
 
 A decode step multiplies one row by every weight matrix, so it is bound by reading the weights
-(~17 MB per token for either model, out of L3). Measured on the 2-core dev VM, one thread, minimum
-over interleaved repeats, all 32 matrices of the Transformer (16.8 MB):
-  F.linear 1.36 ms, addmm on a pre-transposed copy 1.09 ms, torch.sum over the same bytes 1.14 ms
-  fbgemm fp16 weights 0.66 ms (half the bytes), fbgemm int8 weights 0.45 ms
-  torch's own fp16/bf16 F.linear: no faster than fp32 (1.36 / 1.55 ms); addmm in fp16: 10x slower.
-So "fp32" keeps exact weights, pre-transposed for addmm; "fp16" stores them through fbgemm
-(about 2e-4 relative error per matrix), an explicit opt-in whose NLL cost bench/decode.py --nll reports.
+(~17 MB per token for either model, from L3). On the 2-core dev VM, one thread, minimum over
+interleaved repeats, all 32 matrices of the Transformer (16.8 MB), in one run:
+  F.linear 1.36 ms, addmm on a pre-transposed copy 1.09 ms, torch.sum over the same bytes 1.14 ms;
+  torch's own fp16 / bf16 F.linear 1.36 / 1.55 ms (no gain), addmm in fp16 ~10x slower.
+and in another (a busier moment): addmm 2.43 ms, fbgemm fp16 weights 1.32 ms, fbgemm int8
+weights 0.90 ms, torch.ao dynamic int8 Linear 3.24 ms (its per-call overhead dominates).
+So "fp32" (the default, exact) is addmm on pre-transposed weights; "fp16" and "int8" are explicit
+CPU opt-ins through fbgemm (relative error per matrix ~2e-4 and ~1e-2); bench/decode.py --nll
+prints what they cost in NLL on the reference test files. torch marks these fbgemm_* functions
+deprecated (warning once per process, silenced here); they are still the only fp16/int8
+matrix-vector kernels in torch 2.13 that beat fp32 on this CPU.
 """
 
 from __future__ import annotations
@@ -81,8 +85,7 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 def without_deprecation_warning(function: Callable[..., Any], *args: Any) -> Any:
-    """torch warns once per process that its fbgemm_* functions are deprecated (they still are
-    the only fp16/int8 matrix-vector kernels faster than fp32 here); callers see it in the docs."""
+    """function(*args) without torch's once-per-process fbgemm deprecation warning (see above)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*fbgemm.* is deprecated", category=UserWarning)
         return function(*args)

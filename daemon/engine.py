@@ -38,9 +38,9 @@ class Engine:
     def __init__(
         self, model: nn.Module, device: torch.device | str | None = None, name: str = "", precision: str = "fp32"
     ) -> None:
-        """precision: "fp32" (exact, the default) or "fp16" (CPU only: weights stored in half
-        precision for the decode steps, about twice as fast; its NLL cost is printed by
-        bench/decode.py --nll)."""
+        """precision of the weights in decode steps: "fp32" (exact, the default), or on CPU
+        "fp16" / "int8" (fbgemm; about 1.6x / 2.5x faster steps on the dev VM, their NLL cost
+        printed by bench/decode.py --nll). Prefill forwards stay fp32."""
         self.device = torch.device(device) if device is not None else default_device()
         check_precision(precision, self.device)
         self.precision = precision

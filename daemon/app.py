@@ -171,13 +171,19 @@ class JamApp:
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> int:
         self.loop = loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
+            loop.add_signal_handler(sig, handler)
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         torch.set_num_threads(self.settings.model.threads)
         sdnotify.notify(f"STATUS=loading weights {self.settings.model.weights}")
         try:
             engine = await asyncio.to_thread(load_engine, self.settings.model.weights, self.settings.model.device)
         except ValueError as error:
+            self._remove_signal_handlers()
             raise StartupError(f"cannot load weights: {error}") from None
+        if self._stop.is_set():  # SIGTERM while loading
+            self._remove_signal_handlers()
+            return 0
         self.engine_kind = engine.kind
         self.output = NoteOutput(loop, self._send, self.settings.jam.late_policy,
                                  self.settings.jam.output_latency_ms / 1000)
@@ -188,8 +194,6 @@ class JamApp:
         except MidiUnavailable as error:
             self.ports.reason = str(error)
             log.warning("starting degraded: %s; retrying with backoff", error)
-        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
-            loop.add_signal_handler(sig, handler)
         self._tasks = [
             loop.create_task(self.ports.watch(loop), name="ports"),
             loop.create_task(sdnotify.watchdog_task(), name="watchdog"),
@@ -215,17 +219,24 @@ class JamApp:
             self.session.close()
         if self.output is not None:
             self.output.panic()
-        for task in [*self._tasks, *(t for t in (self._mqtt, self._swap) if t)]:
+        for task in [*self._tasks, *(t for t in (self._swap,) if t)]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *(t for t in (self._mqtt,) if t), return_exceptions=True)
+        await asyncio.gather(*self._tasks, *(self._stop_mqtt(self._mqtt),) if self._mqtt else (),
+                             return_exceptions=True)
         if self.ports is not None:
             self.ports.close()
+        self._remove_signal_handlers()
+        log.info("stopped; nothing left sounding")
+
+    def _remove_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.loop.remove_signal_handler(sig)
-        log.info("stopped; nothing left sounding")
 
     def reload(self) -> None:
         """SIGHUP: the config file again (with the same flags on top)."""
+        if self.session is None:
+            log.warning("SIGHUP while starting up: ignored (the config was just read)")
+            return
         try:
             settings = load_settings(self.config_path, self.overrides)
             if settings.model.weights != self.settings.model.weights:
@@ -301,9 +312,14 @@ class JamApp:
         # The old connection says "offline" before the new one says "online" (same broker and
         # prefix: the other order would leave "offline" retained).
         if previous is not None:
-            previous.cancel()
-            await asyncio.gather(previous, return_exceptions=True)
+            await self._stop_mqtt(previous)
         self._start_mqtt()
+
+    @staticmethod
+    async def _stop_mqtt(task: asyncio.Task) -> None:
+        from daemon.mqtt import stop_bridge
+
+        await stop_bridge(task)
 
     def _start_mqtt(self) -> None:
         if not self.settings.mqtt.host:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import mido
@@ -33,8 +33,6 @@ class OutputStats:
     notes: int = 0
     late_played: int = 0
     late_dropped: int = 0
-    # (sent - due) of every note-on sent, seconds, since the last reset by the session.
-    errors: list[float] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -131,7 +129,6 @@ class NoteOutput:
         self._by_key.setdefault(key, []).append(note)
         note.off_handle = self.loop.call_at(max(note.off_time, sent), self._note_off, note)
         self.stats.notes += 1
-        self.stats.errors.append(sent - note.on_time)
         if self.on_note is not None:
             self.on_note(note.pitch, note.velocity, note.on_time + self.send_ahead, sent + self.send_ahead)
 

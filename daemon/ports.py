@@ -33,6 +33,7 @@ WATCH_INTERVAL_S = 0.5
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 INPUT_BUFFER = 4096
+JACK_PROBE_EVERY = 10  # port-list polls between checks that the JACK server is still there
 
 Receiver = Callable[[mido.Message, float], None]
 EventSink = Callable[[dict], None]
@@ -143,6 +144,8 @@ class MidiPorts:
         self._lister: tuple[rtmidi.MidiIn, rtmidi.MidiOut] | None = None
         self._buffer: _InputBuffer | None = None
         self._send_lock = threading.Lock()
+        self._polls = 0
+        self._abandoned: list = []
 
     @property
     def dropped(self) -> int:
@@ -182,6 +185,15 @@ class MidiPorts:
         self.input.connected = self.output.connected = False
         self.available = False
 
+    def _abandon(self) -> None:
+        """Forget the clients of a server that died without touching them: libjack has already
+        freed them, and closing or deleting them then crashes the process. Kept referenced so
+        the garbage collector never closes them either (a few objects per outage)."""
+        self._abandoned.extend(p for p in (self._in, self._out, *(self._lister or ())) if p is not None)
+        self._in = self._out = self._lister = None
+        self.input.connected = self.output.connected = False
+        self.available = False
+
     def send(self, message: mido.Message) -> None:
         out = self._out
         if out is None or not self.output.connected:
@@ -212,7 +224,7 @@ class MidiPorts:
             except Exception as error:  # the server went away under us
                 self.reason = f"{API_LABELS[self.api]} went away ({error})"
                 log.warning("MIDI lost: %s", self.reason)
-                self.close()
+                self._abandon()
                 self.on_event({"type": "midi_lost", "reason": self.reason})
 
     # -- internals --------------------------------------------------------------------
@@ -231,9 +243,14 @@ class MidiPorts:
     def _listing(self) -> tuple[list[str], list[str]]:
         assert self._lister is not None
         sources, destinations = self._lister[0].get_ports(), self._lister[1].get_ports()
-        if self.api == "jack" and not sources and not destinations and (self.input_virtual or self.output_virtual):
-            # Our own virtual ports always list; none at all means the server is gone.
-            raise MidiUnavailable("no ports listed")
+        if self.api == "jack":
+            # A client of a JACK server that died keeps listing stale names: our own virtual
+            # ports vanishing gives it away, and a fresh client is tried now and then.
+            self._polls += 1
+            own_gone = (self.input_virtual and self.input.full_name and self.input.full_name not in destinations) or (
+                self.output_virtual and self.output.full_name and self.output.full_name not in sources)
+            if own_gone or self._polls % JACK_PROBE_EVERY == 0:
+                _client(rtmidi.MidiOut, self.api, f"{self.client_name}-probe").delete()
         return sources, destinations
 
     def _refresh(self, announce: bool) -> None:
@@ -313,6 +330,15 @@ class LoopbackPorts:
     def play(self, message: mido.Message) -> None:
         assert self._loop is not None
         self.receive(message, self._loop.time())
+
+    def _abandon(self) -> None:
+        """Forget the clients of a server that died without touching them: libjack has already
+        freed them, and closing or deleting them then crashes the process. Kept referenced so
+        the garbage collector never closes them either (a few objects per outage)."""
+        self._abandoned.extend(p for p in (self._in, self._out, *(self._lister or ())) if p is not None)
+        self._in = self._out = self._lister = None
+        self.input.connected = self.output.connected = False
+        self.available = False
 
     def send(self, message: mido.Message) -> None:
         if self.on_output is not None and self._loop is not None:

@@ -251,3 +251,21 @@ def test_sighup_reloads_the_config_and_keeps_the_ports(daemon_factory, tmp_path)
     assert any(m.type == "note_on" for _, m in keyboard.take())  # the same connections still work
     assert not any("disappeared" in line or "Traceback" in line for line in daemon.lines)
     assert daemon.stop() == 0
+
+
+def test_the_jack_server_dying_and_returning_is_survived(jack_server, tiny_weights):
+    name = f"antiphon-dies-{uuid.uuid4().hex[:6]}"
+    server = JackServer(name=name).start()
+    daemon = Daemon(tiny_weights, "--virtual", "--client-name", "antiphon-dies", env={"JACK_DEFAULT_SERVER": name})
+    try:
+        server.stop()
+        daemon.wait_for("MIDI lost: the JACK server went away", 10)
+        server = JackServer(name=name).start()
+        daemon.wait_for("MIDI available again", 10)
+        assert daemon.process.poll() is None
+        assert daemon.stop() == 0
+        assert not any("Traceback" in line for line in daemon.lines)
+    finally:
+        server.stop()
+        if daemon.process.poll() is None:
+            daemon.process.kill()

@@ -15,16 +15,13 @@ def write_log(path: str | os.PathLike, history: list[dict]) -> None:
     os.replace(temporary, path)
 
 
-def read_log(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def plot_losses(path: str | os.PathLike, history: list[dict], title: str) -> None:
     """Train and test loss per epoch, the best epoch marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [record["epoch"] for record in history]
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
@@ -33,6 +30,7 @@ def plot_losses(path: str | os.PathLike, history: list[dict], title: str) -> Non
     if history:
         best = min(history, key=lambda r: r["test_loss"])
         axes.axvline(best["epoch"], color="grey", linestyle=":", label=f"best epoch {best['epoch']}: {best['test_loss']:.4f}")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("mean NLL per token (nats)")
     axes.set_title(title)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 
 import aiomqtt
 
-__all__ = ["MqttBridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
+__all__ = ["MqttBridge", "stop_bridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
 
 log = logging.getLogger("antiphon.mqtt")
 
@@ -39,6 +39,7 @@ ERROR_ECHO_CHARS = 200
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 OFFLINE_PUBLISH_TIMEOUT_S = 1.0
+STOP_PATIENCE_S = OFFLINE_PUBLISH_TIMEOUT_S + 0.5
 EVENT_QUEUE_SIZE = 1024
 
 # The setting's type on the wire; the app checks ranges and the weights folder.
@@ -52,6 +53,24 @@ SETTINGS: dict[str, type] = {
 # The issue's spelling of the settings, accepted next to the state document's keys.
 SETTING_ALIASES = {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars", "answer-length": "answer_bars"}
 ACTIONS = ("pause", "resume", "panic")
+
+
+async def stop_bridge(task: asyncio.Task) -> None:
+    """Cancel a running bridge (its run() task) and wait until it has said "offline" and ended.
+
+    Python 3.11's asyncio.wait_for, which aiomqtt awaits every operation with, swallows a
+    cancellation that lands just as the operation completes (gh-86296): the bridge would run on.
+    So the request is repeated, each time after the goodbye has had time to finish."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_PATIENCE_S)
+
+
+def _honour_swallowed_cancel() -> None:
+    """Raise the CancelledError that asyncio.wait_for may have swallowed (see stop_bridge)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class JamAppLike(Protocol):
@@ -214,6 +233,7 @@ class MqttBridge:
             await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
             await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             await self._publish_state(client)
+            _honour_swallowed_cancel()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._publish_events(client))
                 tasks.create_task(self._receive(client))
@@ -248,6 +268,7 @@ class MqttBridge:
                 await self._publish_state(client)
             else:
                 await client.publish(self.event_topic, json.dumps(event, separators=(",", ":")), qos=1)
+            _honour_swallowed_cancel()
 
     async def _publish_error(self, client: aiomqtt.Client, topic: str, payload: bytes, reason: str) -> None:
         log.info("MQTT: rejected %s: %s", topic, reason)
@@ -263,6 +284,7 @@ class MqttBridge:
                 outcome = self._dispatch(topic, bytes(payload))
             except ValueError as exc:  # CommandError or the app's own ValueError
                 await self._publish_error(client, topic, bytes(payload), str(exc))
+                _honour_swallowed_cancel()
                 continue
             if inspect.isawaitable(outcome):
                 # A weights swap can take seconds: panic must not wait behind it.

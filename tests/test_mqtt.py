@@ -72,6 +72,8 @@ def jam(jack_server: object, mosquitto_module: Broker, tmp_path_factory: pytest.
     stop_jam(running)
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_online_and_the_retained_state_document(jam: Jam, mosquitto_module: Broker) -> None:
     late = MqttObserver(mosquitto_module, jam.observer.prefix)  # retained: a newcomer gets both at once
     try:
@@ -103,6 +105,8 @@ def test_online_and_the_retained_state_document(jam: Jam, mosquitto_module: Brok
         ("set/temperature", "1", "temperature", 1.0),
     ],
 )
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_a_setting_changes_the_state_document(jam: Jam, topic: str, payload: str, key: str, value: object) -> None:
     mark = jam.observer.mark()
     jam.observer.publish(topic, payload)
@@ -111,6 +115,8 @@ def test_a_setting_changes_the_state_document(jam: Jam, topic: str, payload: str
     assert jam.observer.on("error", mark) == []
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_pause_and_resume(jam: Jam) -> None:
     mark = jam.observer.mark()
     jam.observer.publish("cmd/pause", "")
@@ -133,6 +139,8 @@ def test_pause_and_resume(jam: Jam) -> None:
         ("set/temperature", b"1" * (MAX_PAYLOAD_BYTES + 1), "payload too large"),
     ],
 )
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_a_rejected_command_is_answered_and_changes_nothing(jam: Jam, topic: str, payload: bytes, reason: str) -> None:
     before = jam.observer.state()
     mark = jam.observer.mark()
@@ -147,6 +155,8 @@ def test_a_rejected_command_is_answered_and_changes_nothing(jam: Jam, topic: str
     assert after == before
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_answer_events(jam: Jam) -> None:
     mark = jam.observer.mark()
     answer_started(jam)
@@ -157,6 +167,8 @@ def test_answer_events(jam: Jam) -> None:
     assert finished["tokens_per_s"] > 0 and "latency_ms" in finished
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_panic_releases_every_sounding_note(jam: Jam) -> None:
     answer_started(jam)
     jam.observer.wait_for(lambda: sounding(jam.peer.messages()), "a note sounding on the synth")
@@ -173,6 +185,8 @@ def test_panic_releases_every_sounding_note(jam: Jam) -> None:
     assert not [m for m in after_all_off[cut:] if m.type == "note_on" and m.velocity > 0]
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_weights_hot_swap_keeps_the_midi_session(jam: Jam) -> None:
     mark = jam.observer.mark()
     jam.observer.publish("set/weights", str(jam.folder / "transformer"))
@@ -185,6 +199,8 @@ def test_weights_hot_swap_keeps_the_midi_session(jam: Jam) -> None:
     jam.observer.wait_state(lambda s: s["weights"]["kind"] == "lstm", "lstm back in use", mark)
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_weights_that_fail_to_load_are_answered_on_error(jam: Jam) -> None:
     broken = jam.folder / "broken"
     shutil.copytree(jam.folder / "lstm", broken)
@@ -199,6 +215,8 @@ def test_weights_that_fail_to_load_are_answered_on_error(jam: Jam) -> None:
     assert jam.observer.on("state", mark) == []
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
 def test_port_lost_and_regained_events(jam: Jam) -> None:
     mark = jam.observer.mark()
     jam.peer.close_synth()
@@ -227,6 +245,9 @@ def malformed_commands(count: int) -> list[tuple[str, bytes]]:
     return [kinds[i % len(kinds)] for i in range(count)]
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
+@pytest.mark.slow
 def test_a_thousand_malformed_payloads_each_get_an_error(jam: Jam) -> None:
     before = jam.observer.state()
     commands = malformed_commands(1000)
@@ -253,6 +274,9 @@ def test_a_thousand_malformed_payloads_each_get_an_error(jam: Jam) -> None:
     jam.observer.publish("set/temperature", "1.0")
 
 
+@pytest.mark.mqtt
+@pytest.mark.jack
+@pytest.mark.slow
 def test_broker_restart_daemon_returns_online_with_its_state(
     jack_server: object, mosquitto: Broker, tmp_path: Path
 ) -> None:

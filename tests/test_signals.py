@@ -17,6 +17,8 @@ from daemon_process import (DaemonProcess, Jam, JackPeer, NotifySocket, answer_h
                             events, save_tiny_weights, sounding, wait_online)
 from fixtures_mqtt import Broker, MqttObserver
 
+pytestmark = [pytest.mark.jack, pytest.mark.mqtt]
+
 # systemd's TimeoutStopSec in the shipped units: SIGKILL after this. The 2 s target is
 # measured by bench/service_stop.py, not asserted on a shared, loaded test machine.
 TIMEOUT_STOP_S = 5.0

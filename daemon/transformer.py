@@ -7,7 +7,8 @@ feed-forward 512 -> 256; RealFormer residual attention (each layer adds the prev
 pre-softmax scores); a final linear to 153. 4,326,041 parameters.
 
 Keys carry no position: position enters only through q . E[i - j]. That is what lets the decode
-cache keep keys as they are while the window slides, with distances taken from absolute positions.
+cache keep keys as they are while the window slides, each slot's distance following from the
+ring order (see rotated_relative).
 """
 
 from __future__ import annotations

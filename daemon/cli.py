@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -36,10 +37,16 @@ def run_command(args: argparse.Namespace) -> int:
     _setup_logging(settings.log.level)
     app = JamApp(settings, args.config, overrides_from(args))
     try:
-        return asyncio.run(app.run())
+        code = asyncio.run(app.run())
     except StartupError as error:
         logging.getLogger("antiphon").error("%s", error)
         return 1
+    # Everything is released and closed; tearing down torch's interpreter state can take
+    # longer than a service manager's stop timeout on a busy machine, and achieves nothing.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def add_ports(subparsers) -> None:

@@ -278,8 +278,10 @@ def test_an_external_clock_sets_the_grid(tiny_weights):
     assert finished["notes"] == len(ons) > 0
     step = 6 * period
     positions = [(t - start) / step for t in ons]
-    assert all(abs(p - round(p)) < 0.25 for p in positions)  # on the clock's 16ths
-    assert all(48 <= round(p) < 64 for p in positions)  # in the clock's bar after the call
+    # In the clock's bar after the call, on its 16ths (at the config's 240 bpm the answer would
+    # start at clock step 45.3). The median: a tick or note delayed by a loaded machine is not the point.
+    assert all(48 <= round(p) < 64 for p in positions)
+    assert sorted(abs(p - round(p)) for p in positions)[len(positions) // 2] < 0.1
     assert bpm == pytest.approx(clock_bpm, rel=0.02)
 
 

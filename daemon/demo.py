@@ -193,12 +193,10 @@ async def _duet(out_dir: Path, weights: str, bpm: float, seed: int, transport: s
         ("model", "weights"): weights, ("tempo", "bpm"): bpm, ("jam", "seed"): seed,
     })
     recorded: list[tuple[float, mido.Message]] = []
-    factory = None
-    if transport == "in-process":
-        def factory(receive, on_event):
-            return LoopbackPorts(receive, on_event, on_output=lambda m, t: recorded.append((t, m)))
+    def loopback(receive, on_event) -> LoopbackPorts:
+        return LoopbackPorts(receive, on_event, on_output=lambda m, t: recorded.append((t, m)))
 
-    app = JamApp(settings, ports_factory=factory)
+    app = JamApp(settings, ports_factory=loopback if transport == "in-process" else None)
     finished = asyncio.Event()
     results: dict = {}
 

@@ -32,7 +32,7 @@ import mido
 import numpy as np
 
 from daemon.clock import ClockFollower, TempoGrid, step_seconds
-from daemon.codec import BAR, DURATION_BASE, MAX_OFFSET, OFFSET_BASE, Note, is_duration, is_offset, is_pitch, token_value
+from daemon.codec import BAR, DURATION_BASE, MAX_OFFSET, OFFSET_BASE, Note, is_duration, is_offset, token_value
 from daemon.config import Settings
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, next_mask
 from daemon.live_tokenizer import LiveTokenizer, TokenStream
@@ -316,7 +316,7 @@ class JamSession:
         self._handover = None
         self._start_answer(math.ceil(self.position(self.loop.time() + lead)))
 
-    def _answer_bars(self, start: int) -> int:
+    def _answer_bars(self) -> int:
         jam = self.settings.jam
         if jam.answer_bars:
             return jam.answer_bars
@@ -334,7 +334,7 @@ class JamSession:
         self.tokenizer.release_pedal(self.position(now))
         self._append_player_notes(self.tokenizer.commit(max(self.position(now), start) + 1))
         bar = self.stream.steps_per_bar
-        bars = self._answer_bars(start)
+        bars = self._answer_bars()
         end = math.ceil(start / bar) * bar + bars * bar
         stream = self.stream.copy()
         prefix = stream.bar_tokens_to(start)
@@ -471,6 +471,9 @@ class JamSession:
             return
         self.stop_answer(t)
         self.stats["barge_ins"] += 1
+        # A new call begins in this bar (it sets the next answer's length).
+        bar = self.stream.steps_per_bar
+        self.call_start = math.floor(self.position(t) / bar) * bar
 
     def stop_answer(self, t: float | None = None) -> None:
         """End the answer now: release its notes; the notes already played stay in the context."""

@@ -204,7 +204,7 @@ def test_velocity_follows_the_player_or_is_fixed(tiny_weights):
 def test_handover_controller_answers_at_once(tiny_weights):
     async def scenario():
         async with duet(tiny_weights, handover_cc=67, wait=64) as d:
-            origin = await d.play(CALL[:2])
+            await d.play(CALL[:2])
             d.ports.play(mido.Message("control_change", control=67, value=127))
             started = await d.wait_for("answer_started", timeout=2)
             return started

@@ -246,7 +246,7 @@ def test_sighup_reloads_the_config_and_keeps_the_ports(daemon_factory, tmp_path)
     daemon.process.send_signal(signal.SIGHUP)
     rejected = daemon.wait_for("config reload rejected", 5)
     assert "[jam] temperature = 9" in rejected and "allowed: 0..5" in rejected
-    origin = play(keyboard.send, CALL)
+    play(keyboard.send, CALL)
     daemon.wait_for("jam: answer:", 10)
     assert any(m.type == "note_on" for _, m in keyboard.take())  # the same connections still work
     assert not any("disappeared" in line or "Traceback" in line for line in daemon.lines)

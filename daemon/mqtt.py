@@ -234,9 +234,7 @@ class MqttBridge:
             await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
             await self._publish_state(client)
             _honour_swallowed_cancel()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._publish_events(client))
-                tasks.create_task(self._receive(client))
+            await self._serve(client)
         except asyncio.CancelledError:
             # A clean disconnect does not fire the Will: say "offline" ourselves.
             self.connected.clear()
@@ -246,14 +244,23 @@ class MqttBridge:
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT: could not publish offline: %s", exc)
             raise
-        except ExceptionGroup as group:
-            # One of the two loops lost the broker; the other was cancelled with it.
-            lost, other = group.split(aiomqtt.MqttError)
-            if lost is None or other is not None:
-                raise
-            raise aiomqtt.MqttError("; ".join(str(e) for e in lost.exceptions)) from None
         finally:
             self.connected.clear()
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Send events and take commands until either loop loses the broker (its error is raised).
+
+        Not a TaskGroup: Python 3.11's leaves this task's cancel count raised after a child fails,
+        which _honour_swallowed_cancel would then take for a stop."""
+        loops = [asyncio.create_task(self._publish_events(client)), asyncio.create_task(self._receive(client))]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+        for task in done:
+            task.result()
 
     # -- outgoing ---------------------------------------------------------------------
     async def _publish_state(self, client: aiomqtt.Client) -> None:

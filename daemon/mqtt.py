@@ -85,8 +85,8 @@ class CommandError(ValueError):
     """A command rejected before it reached the app; the message is the reason."""
 
 
-def _number(text_or_value: Any, integer: bool) -> float | int:
-    value = text_or_value
+def _number(value: Any, integer: bool) -> float | int:
+    """A JSON value or a plain payload's text as a finite number (a whole one if `integer`)."""
     if isinstance(value, str):
         try:
             value = float(value.strip())

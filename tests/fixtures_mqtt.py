@@ -2,7 +2,9 @@
 
 `mosquitto` (function scope) starts a broker with a generated config and kills it at
 teardown; `broker.kill()` and `broker.start()` let a test take it away and bring it back
-on the same port. Skips with a clear reason where the mosquitto binary is missing.
+on the same port. `mosquitto_module` is one shared by a module; `mosquitto_tls` speaks TLS
+only, with a generated CA and client certificates. Skips with a clear reason where the
+mosquitto (or openssl) binary is missing.
 `MqttObserver` records everything under a prefix (paho's threaded client: the tests are
 synchronous) and resubscribes after the broker comes back.
 """
@@ -10,6 +12,8 @@ synchronous) and resubscribes after the broker comes back.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -32,19 +36,57 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
+class TlsFiles(NamedTuple):
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate it signed."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Generated with the openssl command line (skips the test where it is missing)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=antiphon test CA",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=antiphon")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt")
+    return TlsFiles(*(folder / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")))
+
+
 class Broker:
-    """One mosquitto process bound to 127.0.0.1:port; restartable on the same port."""
+    """One mosquitto process bound to 127.0.0.1:port; restartable on the same port.
+    With `tls`, the listener speaks TLS only and wants a client certificate from the CA."""
 
     host = "127.0.0.1"
 
-    def __init__(self, binary: str, folder: Path) -> None:
+    def __init__(self, binary: str, folder: Path, tls: TlsFiles | None = None) -> None:
         self.binary = binary
         self.folder = folder
+        self.tls = tls
         self.port = free_loopback_port()
         self.config = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
+        tls_lines = "" if tls is None else (
+            f"cafile {tls.ca}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\nrequire_certificate true\n"
+        )
         self.config.write_text(
             f"listener {self.port} {self.host}\n"
+            + tls_lines +
+            # Started as root, mosquitto would switch to its own user, which cannot read the
+            # test's private temporary folders.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             "allow_anonymous true\n"
             "persistence false\n"
             # The malformed-payload burst answers 1,000 errors to one subscriber at once.
@@ -102,6 +144,9 @@ class MqttObserver:
         self.client.on_connect = self._connected
         self.client.on_message = self._message
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        if broker.tls is not None:
+            self.client.tls_set(ca_certs=str(broker.tls.ca), certfile=str(broker.tls.client_cert),
+                                keyfile=str(broker.tls.client_key))
         self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
         self.wait_for(lambda: self.client.is_connected(), "the observer to connect")
@@ -160,13 +205,14 @@ class MqttObserver:
         self.client.loop_stop()
 
 
-def _running_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def _running_broker(tmp_path_factory: pytest.TempPathFactory, tls: bool = False) -> Iterator[Broker]:
     binary = shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
     )
     if binary is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    broker = Broker(binary, tmp_path_factory.mktemp("mosquitto"))
+    folder = tmp_path_factory.mktemp("mosquitto")
+    broker = Broker(binary, folder, make_tls_files(folder) if tls else None)
     broker.start()
     try:
         yield broker
@@ -184,3 +230,9 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 def mosquitto_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A broker shared by a module's tests (which must not kill it)."""
     yield from _running_broker(tmp_path_factory)
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A TLS-only broker that wants client certificates (`broker.tls` has the files)."""
+    yield from _running_broker(tmp_path_factory, tls=True)

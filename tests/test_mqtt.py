@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,8 +14,8 @@ from typing import Iterator
 import pytest
 
 from daemon.mqtt import MAX_PAYLOAD_BYTES, CommandError, parse_setting
-from daemon_process import (Jam, answer_finished, answer_heard, answer_started, events, sounding, start_jam,
-                            stop_jam, wait_online)
+from daemon_process import (DaemonProcess, Jam, JackPeer, answer_finished, answer_heard, answer_started,
+                            daemon_sections, events, save_tiny_weights, sounding, start_jam, stop_jam, wait_online)
 from fixtures_mqtt import Broker, MqttObserver
 
 STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
@@ -304,3 +305,31 @@ def test_broker_restart_daemon_returns_online_with_its_state(
     finally:
         stop_jam(running)
 
+
+
+@pytest.mark.mqtt
+@pytest.mark.jack
+def test_tls_with_a_client_certificate(jack_server: object, mosquitto_tls: Broker, tmp_path: Path) -> None:
+    tls = mosquitto_tls.tls
+    peer = JackPeer()
+    prefix = "antiphon/tls-test"
+    sections = daemon_sections(peer, save_tiny_weights(tmp_path / "lstm"), mosquitto_tls, prefix)
+    sections["mqtt"].update(tls_ca=str(tls.ca), tls_cert=str(tls.client_cert), tls_key=str(tls.client_key))
+    daemon = DaemonProcess(tmp_path, sections).start().wait_ready()
+    observer = MqttObserver(mosquitto_tls, prefix)
+    jam = Jam(daemon, peer, observer, tmp_path)
+    try:
+        wait_online(observer)
+        mark = observer.mark()
+        observer.publish("set/temperature", "0.6")
+        observer.wait_state(lambda s: s["temperature"] == 0.6, "temperature 0.6 over TLS", mark)
+        # Without its certificate the broker turns the daemon away; the music goes on.
+        mark = observer.mark()
+        daemon.config.write_text(daemon.config.read_text().replace(f'tls_cert = "{tls.client_cert}"\n', ""))
+        daemon.signal(signal.SIGHUP)
+        assert observer.wait_for(lambda: observer.latest("status", mark), "offline").payload == b"offline"
+        daemon.wait_for_log("unreachable", timeout=20)
+        answer_heard(jam)
+        assert daemon.alive
+    finally:
+        stop_jam(jam)

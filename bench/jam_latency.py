@@ -10,6 +10,8 @@ side (so JACK's transport both ways is included), against the grid the call defi
 Prints a table and, last, one JSON line.
 
     python bench/jam_latency.py [--exchanges 100] [--bpm 240] [--weights transformer] [--period 64]
+
+JACK runs in realtime mode, as musicians run it (--no-realtime-jack to compare).
 """
 
 from __future__ import annotations
@@ -86,10 +88,12 @@ def main() -> int:
     parser.add_argument("--weights", default="transformer")
     parser.add_argument("--period", type=int, default=64, help="JACK period in frames at 48 kHz")
     parser.add_argument("--answer-bars", type=int, default=1)
+    parser.add_argument("--no-realtime-jack", action="store_true",
+                        help="run jackd without realtime scheduling (as the tests do)")
     args = parser.parse_args()
     step = step_seconds(args.bpm)
 
-    with JackServer(period=args.period) as server:
+    with JackServer(period=args.period, realtime=not args.no_realtime_jack) as server:
         command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", "antiphon-bench",
                    "--bpm", str(args.bpm), "--answer-bars", str(args.answer_bars), "--seed", "0",
                    "--weights", args.weights]
@@ -157,6 +161,7 @@ def main() -> int:
         "realtime_factor": round(realtime, 1),
         "bpm": args.bpm,
         "jack_period_ms": round(server.period_ms, 3),
+        "jack_realtime": server.realtime,
         "weights": args.weights,
         "late_notes": late,
     }

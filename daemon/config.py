@@ -136,8 +136,9 @@ class JamSettings:
     max_note_steps: int = _setting(16, number(1, 32, True), "1..32", "longest answer note in sixteenths")
     velocity: str | int = _setting("follow", either("follow", number(1, 127, True)), "\"follow\" or 1..127",
                                    "answer velocity: follow the player or fixed")
-    lead_ms: float = _setting(150.0, number(10, 2000), "10..2000",
-                              "how long before the answer's first bar line generation starts")
+    lead_ms: float = _setting(80.0, number(10, 2000), "10..2000",
+                              "how long before the answer's first bar line generation starts (a release "
+                              "closer than this to the bar line hands over at the bar line after)")
     lookahead_steps: int = _setting(4, number(1, 32, True), "1..32",
                                     "how far ahead of playback the answer is generated, in sixteenths")
     echo_window_ms: float = _setting(100.0, number(0, 1000), "0..1000",

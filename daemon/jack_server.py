@@ -48,8 +48,11 @@ def _restore(previous: str | None) -> None:
 class JackServer:
     """jackd with the dummy driver; period frames set the MIDI delivery granularity."""
 
-    def __init__(self, name: str | None = None, rate: int = 48000, period: int = 256) -> None:
+    def __init__(self, name: str | None = None, rate: int = 48000, period: int = 256, realtime: bool = False) -> None:
         self.name = name or f"antiphon-{uuid.uuid4().hex[:8]}"
+        # Realtime is how musicians run JACK (its clients' process threads get SCHED_FIFO);
+        # off by default because a container or CI runner may not grant realtime priority.
+        self.realtime = realtime
         self.rate = rate
         self.period = period
         self.process: subprocess.Popen | None = None
@@ -64,7 +67,8 @@ class JackServer:
         binary = jackd_path()
         if binary is None:
             raise RuntimeError("jackd is not installed (apt install jackd2)")
-        command = [binary, "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
+        command = [binary, "--realtime" if self.realtime else "--no-realtime", "-n", self.name,
+                   "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not jack_running(self.name):

@@ -34,6 +34,7 @@ import numpy as np
 from daemon.clock import ClockFollower, TempoGrid, step_seconds
 from daemon.codec import BAR, DURATION_BASE, MAX_OFFSET, OFFSET_BASE, Note, is_duration, is_offset, token_value
 from daemon.config import Settings
+from daemon.engine import CONTEXT
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, next_mask
 from daemon.live_tokenizer import LiveTokenizer, TokenStream
 from daemon.output import NoteOutput
@@ -111,7 +112,7 @@ class JamSession:
         output.on_note = self._note_sent
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiphon-engine")
         self.clock = ClockFollower()
-        self.stream = TokenStream(settings.steps_per_bar)
+        self.stream = TokenStream(settings.steps_per_bar, history=CONTEXT)
         self.tokenizer = LiveTokenizer()
         self.grid = TempoGrid(loop.time(), step_seconds(settings.tempo.bpm))
         self.shift = 0.0  # stream step = grid position + shift

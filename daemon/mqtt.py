@@ -229,11 +229,7 @@ class MqttBridge:
         self._state_pending = False
         self.connected.set()
         try:
-            await client.subscribe(f"{self.prefix}/set/#", qos=1)
-            await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
-            await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
-            await self._publish_state(client)
-            _honour_swallowed_cancel()
+            _honour_swallowed_cancel()  # the connect's own wait_for may have eaten a stop
             await self._serve(client)
         except asyncio.CancelledError:
             # A clean disconnect does not fire the Will: say "offline" ourselves.
@@ -248,11 +244,13 @@ class MqttBridge:
             self.connected.clear()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """Send events and take commands until either loop loses the broker (its error is raised).
+        """Announce and send events, and take commands, until either loses the broker (its error
+        is raised). The receiver notices a lost broker at once; a publish would wait for its
+        acknowledgement until the operation timeout.
 
         Not a TaskGroup: Python 3.11's leaves this task's cancel count raised after a child fails,
         which _honour_swallowed_cancel would then take for a stop."""
-        loops = [asyncio.create_task(self._publish_events(client)), asyncio.create_task(self._receive(client))]
+        loops = [asyncio.create_task(self._publish(client)), asyncio.create_task(self._receive(client))]
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -267,7 +265,13 @@ class MqttBridge:
         document = json.dumps(self.app.state(), separators=(",", ":"))
         await client.publish(self.state_topic, document, qos=1, retain=True)
 
-    async def _publish_events(self, client: aiomqtt.Client) -> None:
+    async def _publish(self, client: aiomqtt.Client) -> None:
+        """Subscribe, say "online" and the state, then send every event as it comes."""
+        await client.subscribe(f"{self.prefix}/set/#", qos=1)
+        await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
+        await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+        await self._publish_state(client)
+        _honour_swallowed_cancel()
         while True:
             event = await self._events.get()
             if event.get("type") == "state":

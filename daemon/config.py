@@ -261,6 +261,10 @@ def read_file(path: Path) -> dict:
 def settings_from(document: dict, source: str, overrides: dict[tuple[str, str], Any] | None = None) -> Settings:
     """Settings from a parsed TOML document plus flag overrides {(section, name): raw text or value}."""
     overrides = overrides or {}
+    known = {(section, f.name) for section, cls in SECTIONS.items() for f in fields(cls)}
+    strays = sorted(set(overrides) - known)
+    if strays:
+        raise ConfigError(f"unknown setting {strays[0][0]}.{strays[0][1]}")
     unknown = sorted(set(document) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown section [{unknown[0]}]; known: {', '.join(SECTIONS)}")

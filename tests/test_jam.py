@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from dataclasses import fields
 
 import mido
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from daemon.app import JamApp
 from daemon.clock import step_seconds
 from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note
-from daemon.config import settings_from
+from daemon.config import SECTIONS, settings_from
 from daemon.demo import notes_from, phrase_events, play
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
 from daemon.jam import answer_mask
@@ -81,11 +82,12 @@ class Duet:
 
 
 @asynccontextmanager
-async def duet(weights, echo: bool = False, **jam):
+async def duet(weights, echo: bool = False, **settings):
     overrides = {("model", "weights"): str(weights), ("tempo", "bpm"): BPM, ("jam", "seed"): 3,
                  ("jam", "answer_bars"): 1, ("jam", "lead_ms"): 80.0}
-    overrides.update({("jam", key): value for key, value in jam.items()})
-    settings = settings_from({}, "test", overrides)
+    sections = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
+    overrides.update({(sections[key], key): value for key, value in settings.items()})
+    app_settings = settings_from({}, "test", overrides)
     recorded: list[tuple[float, mido.Message]] = []
     events: list[dict] = []
     holder: dict = {}
@@ -100,7 +102,7 @@ async def duet(weights, echo: bool = False, **jam):
         holder["ports"] = LoopbackPorts(receive, on_event, on_output=on_output)
         return holder["ports"]
 
-    app = JamApp(settings, ports_factory=factory)
+    app = JamApp(app_settings, ports_factory=factory)
     app.add_listener(events.append)
     running = asyncio.create_task(app.run())
     await asyncio.wait_for(app.ready.wait(), 20)
@@ -254,7 +256,7 @@ def test_an_external_clock_sets_the_grid(tiny_weights):
     period = 60.0 / clock_bpm / 24
 
     async def scenario():
-        async with duet(tiny_weights, follow_clock=True) as d:
+        async with duet(tiny_weights, follow_clock=True, bpm=240.0) as d:
             loop = asyncio.get_running_loop()
             start = loop.time() + 0.02
             d.ports.play(mido.Message("start"))
@@ -297,3 +299,30 @@ def test_a_lost_note_off_does_not_silence_the_daemon(tiny_weights):
     started, finished = asyncio.run(scenario())
     # Held past the 32-step cap, the key stops holding back the hand-over.
     assert started["start_step"] >= 32 and not finished["barged_in"]
+
+
+def test_answer_length_follows_the_call_up_to_the_maximum(tiny_weights):
+    two_bars = CALL + [n._replace(start=n.start + 16) for n in CALL]
+
+    async def scenario(call):
+        async with duet(tiny_weights, answer_bars=0, max_answer_bars=1 if len(call) > 4 else 4) as d:
+            await d.play(call)
+            return await d.wait_for("answer_started")
+
+    assert asyncio.run(scenario(CALL))["bars"] == 1
+    assert asyncio.run(scenario(two_bars))["bars"] == 1  # capped by max_answer_bars
+
+
+def test_other_channels_never_reach_the_tokenizer(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, input_channel=2) as d:
+            await d.play(CALL)  # channel 1: ignored
+            await asyncio.sleep(1.2)
+            ignored = [e["type"] for e in d.events if e["type"].startswith("answer")]
+            await play([(t, m.copy(channel=1)) for t, m in phrase_events(CALL, BPM)], d.ports.play,
+                       asyncio.get_running_loop().time() + 0.05)
+            started = await d.wait_for("answer_started")
+            return ignored, started
+
+    ignored, started = asyncio.run(scenario())
+    assert ignored == [] and started["bars"] == 1

@@ -70,3 +70,30 @@ def test_ports_lists_what_exists_on_jack(jack_server):
         for port in (synth, keys):
             port.close_port()
             port.delete()
+
+
+@pytest.mark.jack
+def test_sysex_and_active_sensing_stop_at_the_port_clock_goes_through(jack_server):
+    from daemon.ports import MidiPorts
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        received: list[tuple[mido.Message, float]] = []
+        events: list[dict] = []
+        ports = MidiPorts("jack", "filter-test", "", "", lambda m, t: received.append((m, t)), events.append)
+        ports.open(loop)
+        keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "filter-keys")
+        keys.open_port(keys.get_ports().index(ports.status()["in"]["name"]))
+        await asyncio.sleep(0.2)
+        sent = loop.time()
+        for message in ([0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7], [0xFE], [0xF8], [0xFA], [0x90, 60, 100], [0x80, 60, 0]):
+            keys.send_message(message)
+        await asyncio.sleep(0.3)
+        keys.close_port()
+        keys.delete()
+        ports.close()
+        return received, sent
+
+    received, sent = asyncio.run(scenario())
+    assert [m.type for m, _ in received] == ["clock", "start", "note_on", "note_off"]
+    assert all(t >= sent for _, t in received)  # stamped on arrival, on the loop's clock

@@ -304,13 +304,14 @@ def test_a_lost_note_off_does_not_silence_the_daemon(tiny_weights):
 def test_answer_length_follows_the_call_up_to_the_maximum(tiny_weights):
     two_bars = CALL + [n._replace(start=n.start + 16) for n in CALL]
 
-    async def scenario(call):
-        async with duet(tiny_weights, answer_bars=0, max_answer_bars=1 if len(call) > 4 else 4) as d:
+    async def scenario(call, longest):
+        async with duet(tiny_weights, answer_bars=0, max_answer_bars=longest) as d:
             await d.play(call)
             return await d.wait_for("answer_started")
 
-    assert asyncio.run(scenario(CALL))["bars"] == 1
-    assert asyncio.run(scenario(two_bars))["bars"] == 1  # capped by max_answer_bars
+    assert asyncio.run(scenario(CALL, 4))["bars"] == 1
+    assert asyncio.run(scenario(two_bars, 4))["bars"] == 2
+    assert asyncio.run(scenario(two_bars, 1))["bars"] == 1
 
 
 def test_other_channels_never_reach_the_tokenizer(tiny_weights):

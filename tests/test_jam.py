@@ -302,7 +302,8 @@ def test_a_lost_note_off_does_not_silence_the_daemon(tiny_weights):
 
 
 def test_answer_length_follows_the_call_up_to_the_maximum(tiny_weights):
-    two_bars = CALL + [n._replace(start=n.start + 16) for n in CALL]
+    # The first bar's last note is held over the bar line: no silence until the second bar ends.
+    two_bars = CALL[:3] + [Note(12, 72, 6, 90)] + [n._replace(start=n.start + 16) for n in CALL]
 
     async def scenario(call, longest):
         async with duet(tiny_weights, answer_bars=0, max_answer_bars=longest) as d:

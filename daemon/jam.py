@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -49,6 +50,7 @@ DEFAULT_VELOCITY = 80
 COMMIT_INTERVAL_S = 0.05  # how often held-back notes are re-checked while the player plays
 # Time, besides the tokens still to sample, between choosing an onset and its note-on callback.
 SCHEDULE_MARGIN_S = 0.004
+WORKER_NICENESS = 5  # how much nicer the inference thread is than the event loop
 
 LISTENING, ANSWERING = "listening", "answering"
 
@@ -72,6 +74,15 @@ def answer_mask(state: GrammarState, bar: int, steps_per_bar: int, earliest: int
         cap = max(1, min(longest, end - (bar + state.offset)))
         mask[DURATION_BASE + cap :] = False
     return mask
+
+
+def _lower_this_threads_priority() -> None:
+    """Inference yields the CPU to the event loop: a note due now beats the next token."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS)
+    except OSError as error:  # not on Linux, or a sandbox that forbids it: timing gets worse, that is all
+        log.debug("cannot lower the inference thread's priority: %s", error)
 
 
 @dataclass
@@ -110,7 +121,8 @@ class JamSession:
         self.output = output
         self.emit = emit
         output.on_note = self._note_sent
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiphon-engine")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiphon-engine",
+                                         initializer=_lower_this_threads_priority)
         self.clock = ClockFollower()
         self.stream = TokenStream(settings.steps_per_bar, history=CONTEXT)
         self.tokenizer = LiveTokenizer()

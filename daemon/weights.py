@@ -46,6 +46,10 @@ def save_weights(
     tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in model.state_dict().items()}
     temporary = folder / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(temporary), metadata={"format": str(FORMAT_VERSION), "kind": config.kind})
+    # safetensors creates the file owner-only; weights are read by a service user too.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, folder / WEIGHTS_FILE)
     document = {"format": FORMAT_VERSION, "codec": CODEC_VERSION, "model": config.to_dict(), "provenance": provenance or {}}
     temporary = folder / (CONFIG_FILE + ".tmp")

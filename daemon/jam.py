@@ -132,6 +132,7 @@ class JamSession:
         self.idle = True  # no phrase in progress: the next onset anchors a bar
         self.paused = False
         self.stream_end = 0  # the first bar line after everything in the stream
+        self.bar_origin = 0  # a bar line of the current meter (bar lines are every steps_per_bar from it)
         self.call_start = 0  # stream bar line where the current call began
         self.job: AnswerJob | None = None
         self.rng = make_generator(settings.jam.seed if settings.jam.seed >= 0 else None)
@@ -156,8 +157,6 @@ class JamSession:
             self.rng = make_generator(settings.jam.seed)
         self.output.late_policy = settings.jam.late_policy
         self.output.send_ahead = settings.jam.output_latency_ms / 1000
-        if settings.steps_per_bar != self.stream.steps_per_bar and self.idle:
-            self.stream.steps_per_bar = settings.steps_per_bar
 
     def swap_engine(self, engine) -> Future:
         """Use another engine from the next worker job on, primed with the conversation so far."""
@@ -240,6 +239,13 @@ class JamSession:
         now_clock = self.settings.tempo.follow_clock and self.clock.present(t)
         if not now_clock:
             self.grid = TempoGrid(t, step_seconds(self.settings.tempo.bpm))
+        if self.settings.steps_per_bar != self.stream.steps_per_bar:
+            # A new meter starts here, on a bar token of the old one: nothing is pending.
+            tokens = self.stream.bar_tokens_to(self.stream_end)
+            self.stream.append(tokens)
+            self._submit(self._feed, tokens)
+            self.stream.steps_per_bar = self.settings.steps_per_bar
+        self.bar_origin = self.stream_end
         bar = self.stream.steps_per_bar
         onset_bar = math.floor(round(self.grid.position(t)) / bar) * bar
         self.shift = self.stream_end - onset_bar
@@ -276,8 +282,13 @@ class JamSession:
             self._submit(self._feed, tokens)
 
     def _bar_after(self, step: int) -> int:
+        """The first bar line after `step` (bar lines of the current meter, from bar_origin)."""
         bar = self.stream.steps_per_bar
-        return (step // bar + 1) * bar
+        return self.bar_origin + ((step - self.bar_origin) // bar + 1) * bar
+
+    def _bar_at_or_before(self, step: float) -> int:
+        bar = self.stream.steps_per_bar
+        return self.bar_origin + math.floor((step - self.bar_origin) / bar) * bar
 
     def _is_echo(self, pitch: int, arrived: float) -> bool:
         sent = self.echoes.get(pitch)
@@ -348,7 +359,7 @@ class JamSession:
         self._append_player_notes(self.tokenizer.commit(max(self.position(now), start) + 1))
         bar = self.stream.steps_per_bar
         bars = self._answer_bars()
-        end = math.ceil(start / bar) * bar + bars * bar
+        end = self._bar_at_or_before(start - 1) + bar + bars * bar  # from the bar line at or after start
         stream = self.stream.copy()
         prefix = stream.bar_tokens_to(start)
         stream.append(prefix)
@@ -485,8 +496,7 @@ class JamSession:
         self.stop_answer(t)
         self.stats["barge_ins"] += 1
         # A new call begins in this bar (it sets the next answer's length).
-        bar = self.stream.steps_per_bar
-        self.call_start = math.floor(self.position(t) / bar) * bar
+        self.call_start = self._bar_at_or_before(self.position(t))
 
     def stop_answer(self, t: float | None = None) -> None:
         """End the answer now: release its notes; the notes already played stay in the context."""

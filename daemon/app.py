@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 from dataclasses import fields, replace
@@ -67,25 +66,6 @@ def load_engine(weights: str, device: str) -> Engine:
         raise ValueError(str(error)) from None
 
 
-def use_realtime_priority(priority: int) -> Callable[[], None]:
-    """Put the calling thread (the event loop, which sends every note) on SCHED_FIFO; returns
-    what puts it back.
-
-    Timing then no longer waits for the CPU scheduler's time slices on a busy machine. Falls back
-    to normal scheduling, saying why, where that is not permitted."""
-    if priority <= 0:
-        return lambda: None
-    try:
-        previous = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (OSError, AttributeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not supported here"
-        log.info("realtime priority %d not available (%s): normal scheduling", priority, reason)
-        return lambda: None
-    log.info("event loop at realtime priority %d (SCHED_FIFO)", priority)
-    return lambda: os.sched_setscheduler(0, *previous)
-
-
 def changed_settings(old: Settings, new: Settings) -> list[str]:
     """'section.key old -> new' for every setting that differs (passwords not shown)."""
     changes = []
@@ -125,7 +105,6 @@ class JamApp:
         self._mqtt: asyncio.Task | None = None
         self._swap: asyncio.Task | None = None
         self._status = ""
-        self._normal_priority: Callable[[], None] = lambda: None
 
     # -- interface for the MQTT bridge and other observers ------------------------------
     def state(self) -> dict:
@@ -209,9 +188,6 @@ class JamApp:
         self.output = NoteOutput(loop, self._send, self.settings.jam.late_policy,
                                  self.settings.jam.output_latency_ms / 1000)
         self.session = JamSession(loop, self.settings, engine, self.output, self._emit)
-        # Threads started from here on inherit the loop's scheduling: the inference worker
-        # and the loader thread exist already and stay normal.
-        self._normal_priority = use_realtime_priority(self.settings.jam.realtime_priority)
         self.ports = self._make_ports(self.settings)
         try:
             self.ports.open(loop)
@@ -250,7 +226,6 @@ class JamApp:
         if self.ports is not None:
             self.ports.close()
         self._remove_signal_handlers()
-        self._normal_priority()  # the thread may go on (a test, the demo) after the daemon
         log.info("stopped; nothing left sounding")
 
     def _remove_signal_handlers(self) -> None:

@@ -144,10 +144,6 @@ class JamSettings:
     echo_window_ms: float = _setting(100.0, number(0, 1000), "0..1000",
                                      "an input note this soon after the same output note is our own echo")
     barge_in: bool = _setting(True, boolean, "true or false", "stop the answer when the player plays")
-    realtime_priority: int = _setting(10, number(0, 99, True), "0 (normal scheduling) or 1..99",
-                                      "SCHED_FIFO priority of the event loop that times the notes (needs the "
-                                      "rtprio limit, e.g. the audio group; without it the daemon says so and "
-                                      "runs normally)")
 
 
 @dataclass(frozen=True)

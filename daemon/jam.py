@@ -48,8 +48,9 @@ CLOCK_MESSAGES = {"clock", "start", "stop", "continue", "songpos"}
 VELOCITY_MEMORY = 16  # player notes the answer's velocity follows
 DEFAULT_VELOCITY = 80
 COMMIT_INTERVAL_S = 0.05  # how often held-back notes are re-checked while the player plays
-# Time, besides the tokens still to sample, between choosing an onset and its note-on callback.
-SCHEDULE_MARGIN_S = 0.004
+# Time, besides the tokens still to sample, between choosing an onset and its note-on callback;
+# generous because a busy machine can stall the inference thread for tens of milliseconds.
+SCHEDULE_MARGIN_S = 0.025
 WORKER_NICENESS = 5  # how much nicer the inference thread is than the event loop
 
 LISTENING, ANSWERING = "listening", "answering"

@@ -331,15 +331,6 @@ class LoopbackPorts:
         assert self._loop is not None
         self.receive(message, self._loop.time())
 
-    def _abandon(self) -> None:
-        """Forget the clients of a server that died without touching them: libjack has already
-        freed them, and closing or deleting them then crashes the process. Kept referenced so
-        the garbage collector never closes them either (a few objects per outage)."""
-        self._abandoned.extend(p for p in (self._in, self._out, *(self._lister or ())) if p is not None)
-        self._in = self._out = self._lister = None
-        self.input.connected = self.output.connected = False
-        self.available = False
-
     def send(self, message: mido.Message) -> None:
         if self.on_output is not None and self._loop is not None:
             self.on_output(message, self._loop.time())

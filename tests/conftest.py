@@ -38,3 +38,14 @@ def tiny_weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("weights") / "tiny"
     save_weights(folder, build_model(config), config, {"purpose": "tests: random, untrained"})
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: training tests stay repeatable and leave a core free."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

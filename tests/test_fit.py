@@ -26,12 +26,7 @@ from tiny_midi import TINY_LSTM, TINY_TRANSFORMER, write_broken, write_split
 TINY = {"lstm": TINY_LSTM, "transformer": TINY_TRANSFORMER}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,10 +36,14 @@ def sample(
     """One token drawn from softmax(logits / temperature) over the mask, nucleus-filtered.
 
     temperature 0 is greedy. A masked-out token is never returned."""
-    logits = np.asarray(logits, dtype=np.float64)
+    masked = np.where(mask, np.asarray(logits, dtype=np.float64), -np.inf)
     if temperature <= 0:
-        return int(np.argmax(np.where(mask, logits, -np.inf)))
-    probs = np.exp(masked_log_probs(logits / temperature, mask))
+        return int(np.argmax(masked))
+    # Shift before dividing: the best allowed token sits at 0, so even a vanishing temperature
+    # gives -inf (never nan) for the rest and the mask survives.
+    with np.errstate(over="ignore"):
+        scaled = (masked - masked.max()) / temperature
+    probs = np.exp(masked_log_probs(scaled, mask))
     probs = top_p_filter(probs, top_p)
     point = generator.random() * probs.sum()
     index = int(np.searchsorted(np.cumsum(probs), point, side="right"))

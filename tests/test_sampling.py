@@ -28,6 +28,13 @@ def test_extreme_logits_outside_the_mask_never_win():
     assert {sample(logits, mask, 1.0, 0.9, rng) for _ in range(50)} <= {7, 9}
 
 
+def test_a_vanishing_temperature_stays_within_the_mask():
+    # Found by hypothesis: logits / 2e-309 overflowed to inf and the mask was lost in nan.
+    mask = np.zeros(153, bool)
+    mask[1] = True
+    assert sample(np.ones(153, np.float32), mask, 2.225073858507203e-309, 1.0, make_generator(0)) == 1
+
+
 def test_temperature_zero_is_greedy_within_the_mask():
     logits = np.arange(153, dtype=np.float32)
     mask = np.zeros(153, bool)

@@ -137,31 +137,40 @@ def encode(notes: Iterable[Note], bar_starts: Iterable[int] = ()) -> list[int]:
     return encode_normalised(kept, bar_starts)
 
 
+def bar_line_tokens(last_bar: int, bar: int) -> list[int]:
+    """Tokens for a bar line at step `bar` after the bar token at `last_bar`: split bars of 31
+    first when the bar is longer than 31 steps (40 -> 31 + 9)."""
+    tokens: list[int] = []
+    while bar - last_bar > MAX_OFFSET:
+        last_bar += MAX_OFFSET
+        tokens += (offset_token(MAX_OFFSET), BAR)
+    return tokens + [offset_token(bar - last_bar), BAR]
+
+
+def note_event_tokens(last_bar: int, note: Note) -> tuple[list[int], int]:
+    """Tokens for a note after the bar token at `last_bar`, with split bars first when it sits
+    31 or more steps out; returns them and the step of the last bar token."""
+    tokens: list[int] = []
+    while note.start - last_bar > MAX_NOTE_OFFSET:
+        last_bar += MAX_OFFSET
+        tokens += (offset_token(MAX_OFFSET), BAR)
+    tokens += (offset_token(note.start - last_bar), pitch_token(note.pitch), duration_token(note.duration))
+    return tokens, last_bar
+
+
 def encode_normalised(notes: Sequence[Note], bar_starts: Iterable[int] = ()) -> list[int]:
     """Tokens for notes already normalised (sorted by (start, pitch), unique, in range)."""
     bars = sorted({b for b in bar_starts if b > 0})
     tokens = [BAR]
     last_bar = 0
     bar_index = 0
-
-    def bar_to(time: int) -> None:
-        nonlocal last_bar
-        while time - last_bar > MAX_OFFSET:
-            last_bar += MAX_OFFSET
-            tokens.extend((offset_token(MAX_OFFSET), BAR))
-        tokens.extend((offset_token(time - last_bar), BAR))
-        last_bar = time
-
     for note in notes:
         while bar_index < len(bars) and bars[bar_index] <= note.start:
-            bar_to(bars[bar_index])
+            tokens += bar_line_tokens(last_bar, bars[bar_index])
+            last_bar = bars[bar_index]
             bar_index += 1
-        while note.start - last_bar > MAX_NOTE_OFFSET:
-            last_bar += MAX_OFFSET
-            tokens.extend((offset_token(MAX_OFFSET), BAR))
-        tokens.extend(
-            (offset_token(note.start - last_bar), pitch_token(note.pitch), duration_token(note.duration))
-        )
+        note_tokens, last_bar = note_event_tokens(last_bar, note)
+        tokens += note_tokens
     return tokens
 
 

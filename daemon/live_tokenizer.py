@@ -22,15 +22,12 @@ from typing import Iterable
 from daemon.codec import (
     BAR,
     MAX_DURATION,
-    MAX_NOTE_OFFSET,
-    MAX_OFFSET,
     PITCH_MAX,
     PITCH_MIN,
     Note,
-    duration_token,
+    bar_line_tokens,
     is_offset,
-    offset_token,
-    pitch_token,
+    note_event_tokens,
     token_value,
 )
 from daemon.grammar import INITIAL, GrammarState, advance
@@ -90,26 +87,15 @@ class TokenStream:
         last = self.last_bar
         bar = last + self.steps_per_bar
         while bar <= step:
-            tokens += _bar(last, bar)
+            tokens += bar_line_tokens(last, bar)
             last, bar = bar, bar + self.steps_per_bar
         return tokens
 
     def note_tokens(self, note: Note) -> list[int]:
         """Bar lines up to the note's start, then its three tokens (not appended)."""
-        tokens = self.bar_tokens_to(note.start)
-        last = self.last_bar + sum(token_value(t) for t in tokens if is_offset(t))
-        while note.start - last > MAX_NOTE_OFFSET:
-            tokens += [offset_token(MAX_OFFSET), BAR]
-            last += MAX_OFFSET
-        return tokens + [offset_token(note.start - last), pitch_token(note.pitch), duration_token(note.duration)]
-
-
-def _bar(last: int, bar: int) -> list[int]:
-    tokens: list[int] = []
-    while bar - last > MAX_OFFSET:
-        tokens += [offset_token(MAX_OFFSET), BAR]
-        last += MAX_OFFSET
-    return tokens + [offset_token(bar - last), BAR]
+        # bar_tokens_to ends on the last meter bar at or before the note.
+        last = self.last_bar + (note.start - self.last_bar) // self.steps_per_bar * self.steps_per_bar
+        return self.bar_tokens_to(note.start) + note_event_tokens(last, note)[0]
 
 
 class LiveTokenizer:

@@ -36,8 +36,8 @@ from daemon.demo import Keyboard, phrase_events
 from daemon.jack_server import JackServer
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
-ANSWER_LINE = re.compile(r"jam: answer: (\d+) notes, (\d+) bars, first note (\S+) ms, (\d+) tokens at (\d+) "
-                         r"tok/s, late notes so far: (\d+) played, (\d+) dropped")
+ANSWER_LINE = re.compile(r"jam: answer: (\d+) notes, (\d+) bars, first note (\S+) ms, worst (\S+) ms, (\d+) tokens "
+                         r"at (\d+) tok/s, late notes so far: (\d+) played, (\d+) dropped")
 CALLS = [
     [Note(0, 60, 2, 90), Note(4, 64, 2, 80), Note(8, 67, 2, 85), Note(12, 72, 2, 95)],
     [Note(0, 62, 3, 70), Note(3, 65, 1, 75), Note(6, 69, 2, 80), Note(10, 67, 4, 90)],
@@ -108,7 +108,7 @@ def main() -> int:
         print(ready[1], file=sys.stderr)
         ports = re.search(r"in=(\S+) out=(\S+?),", ready[1]).groups()
         keyboard = Keyboard("jack", ports[0], ports[1], "bench-keyboard")
-        latencies, jitters, errors, rates, consumed = [], [], [], [], []
+        latencies, jitters, errors, rates, consumed, sent_worst = [], [], [], [], [], []
         late = empty = 0
         mark = len(log.lines)
         try:
@@ -122,11 +122,13 @@ def main() -> int:
                     print(f"exchange {exchange}: no answer", file=sys.stderr)
                     continue
                 mark = found[0] + 1
-                notes, bars, _, tokens, rate, late_played, late_dropped = found[1].groups()
+                notes, bars, _, worst, tokens, rate, late_played, late_dropped = found[1].groups()
                 late = int(late_played) + int(late_dropped)
                 time.sleep(0.05)
                 ons = [t for t, m in keyboard.take() if m.type == "note_on" and m.velocity > 0]
                 rates.append(float(rate))
+                if int(notes):
+                    sent_worst.append(float(worst))
                 consumed.append(int(tokens) / (int(bars) * 16 * step))
                 if not ons:
                     empty += 1
@@ -156,6 +158,9 @@ def main() -> int:
         "jitter_p99_ms": round(percentile(jitters, 99), 3),
         "grid_error_p50_ms": round(percentile(errors, 50), 3),
         "grid_error_p99_ms": round(percentile(errors, 99), 3),
+        # Inside the daemon, before JACK: the worst note of each answer, sent minus due.
+        "daemon_worst_error_p50_ms": round(percentile(sent_worst, 50), 3),
+        "daemon_worst_error_p99_ms": round(percentile(sent_worst, 99), 3),
         "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
         "music_tokens_per_s": round(statistics.median(consumed), 1) if consumed else None,
         "realtime_factor": round(realtime, 1),
@@ -168,6 +173,8 @@ def main() -> int:
     print(f"exchanges {result['exchanges']}, answer notes {result['answer_notes']}")
     print(f"added response latency  p50 {result['latency_p50_ms']:.2f} ms  p99 {result['latency_p99_ms']:.2f} ms")
     print(f"timing jitter           p50 {result['jitter_p50_ms']:.2f} ms  p99 {result['jitter_p99_ms']:.2f} ms")
+    print(f"daemon-side worst note  p50 {result['daemon_worst_error_p50_ms']:.2f} ms  "
+          f"p99 {result['daemon_worst_error_p99_ms']:.2f} ms (per answer, before JACK)")
     print(f"real-time factor        {result['realtime_factor']:.1f}x "
           f"({result['tokens_per_s']} tokens/s generated, {result['music_tokens_per_s']} tokens/s of music)")
     print(json.dumps(result))

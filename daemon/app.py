@@ -33,6 +33,7 @@ log = logging.getLogger("antiphon")
 
 LIVE_SETTINGS = {"temperature": "jam", "top_p": "jam", "bpm": "tempo", "answer_bars": "jam"}
 PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
+ENGINE_KEYS = ("weights", "device", "precision")  # [model] settings a new engine is loaded for
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
 SWITCH_INTERVAL_S = 0.0005
 
@@ -58,10 +59,11 @@ def check_weights(weights: str) -> tuple[Path, str]:
     return folder, config.kind
 
 
-def load_engine(weights: str, device: str) -> Engine:
+def load_engine(weights: str, device: str, precision: str = "fp32") -> Engine:
+    """The engine for these settings; raises ValueError naming what is wrong."""
     folder, _ = check_weights(weights)
     try:
-        return Engine.load(folder, None if device == "auto" else device)
+        return Engine.load(folder, None if device == "auto" else device, precision=precision)
     except WeightsError as error:
         raise ValueError(str(error)) from None
 
@@ -98,7 +100,6 @@ class JamApp:
         self.session: JamSession | None = None
         self.output: NoteOutput | None = None
         self.ports = None
-        self.engine_kind = ""
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -110,9 +111,11 @@ class JamApp:
     def state(self) -> dict:
         s = self.settings
         folder = weights_folder(s.model.weights)
+        engine = self.session.engine if self.session else None
         return {
             "mode": self.mode,
-            "weights": {"path": str(folder), "kind": self.engine_kind},
+            "weights": {"path": str(folder), "kind": engine.kind if engine else "",
+                        "precision": engine.precision if engine else s.model.precision},
             "temperature": s.jam.temperature,
             "top_p": s.jam.top_p,
             "bpm": round(self.session.grid.bpm, 2) if self.session and self._clock_present() else s.tempo.bpm,
@@ -177,14 +180,14 @@ class JamApp:
         torch.set_num_threads(self.settings.model.threads)
         sdnotify.notify(f"STATUS=loading weights {self.settings.model.weights}")
         try:
-            engine = await asyncio.to_thread(load_engine, self.settings.model.weights, self.settings.model.device)
+            model = self.settings.model
+            engine = await asyncio.to_thread(load_engine, model.weights, model.device, model.precision)
         except ValueError as error:
             self._remove_signal_handlers()
             raise StartupError(f"cannot load weights: {error}") from None
         if self._stop.is_set():  # SIGTERM while loading
             self._remove_signal_handlers()
             return 0
-        self.engine_kind = engine.kind
         self.output = NoteOutput(loop, self._send, self.settings.jam.late_policy,
                                  self.settings.jam.output_latency_ms / 1000)
         self.session = JamSession(loop, self.settings, engine, self.output, self._emit)
@@ -247,7 +250,7 @@ class JamApp:
         old = self.settings
         changes = changed_settings(old, settings)
         self._use(settings)
-        if settings.model.weights != old.model.weights:
+        if any(getattr(settings.model, k) != getattr(old.model, k) for k in ENGINE_KEYS):
             self._start_swap(settings.model.weights)
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
             self._reopen_ports(settings)
@@ -267,10 +270,9 @@ class JamApp:
 
     def _start_swap(self, weights: str) -> asyncio.Task:
         async def swap() -> None:
-            device = self.settings.model.device
-            engine = await asyncio.to_thread(load_engine, weights, device)
+            model = self.settings.model
+            engine = await asyncio.to_thread(load_engine, weights, model.device, model.precision)
             await asyncio.wrap_future(self.session.swap_engine(engine))
-            self.engine_kind = engine.kind
             self.settings = replace(self.settings, model=replace(self.settings.model, weights=weights))
             log.info("weights now %s (%s)", weights_folder(weights), engine.kind)
             self._emit({"type": "state"})
@@ -360,7 +362,8 @@ class JamApp:
                  else f"degraded: {self.ports.reason}")
         s = self.settings
         log.info(
-            "ready: %s, weights %s (%s, %s), %g bpm %s, answers %s bars",
-            where, weights_folder(s.model.weights), self.engine_kind, self.session.engine.device,
+            "ready: %s, weights %s (%s, %s, %s), %g bpm %s, answers %s bars",
+            where, weights_folder(s.model.weights), self.session.engine.kind, self.session.engine.device,
+            self.session.engine.precision,
             s.tempo.bpm, s.tempo.meter, s.jam.answer_bars or f"as the call (max {s.jam.max_answer_bars})",
         )

@@ -30,7 +30,7 @@ from daemon.config import settings_from
 from daemon.jack_server import JackServer, jack_running, jackd_path
 from daemon.midifile import read_midi, write_midi
 from daemon.pianoroll import write_piano_roll
-from daemon.ports import APIS, LoopbackPorts, find_port
+from daemon.ports import APIS, RTMIDI_QUEUE, InputPoller, LoopbackPorts, find_port
 
 PHRASE = Path(__file__).resolve().parent / "data" / "phrase.mid"
 START_DELAY_S = 0.3  # between the daemon being ready and the phrase's first note
@@ -46,13 +46,13 @@ class Keyboard:
         self.received: list[tuple[float, mido.Message]] = []
         self._lock = threading.Lock()
         self._out = rtmidi.MidiOut(APIS[api], client_name)
-        self._in = rtmidi.MidiIn(APIS[api], client_name)
+        self._in = rtmidi.MidiIn(APIS[api], client_name, queue_size_limit=RTMIDI_QUEUE)
         self._in.ignore_types(sysex=True, timing=True, active_sense=True)
-        self._in.set_callback(self._arrived)
         self.to_port = to_port
         self.from_port = from_port
         self.connect_out()
         self.connect_in()
+        self._poller = InputPoller(self._arrived, self._in)
 
     def connect_out(self) -> None:
         self._out.open_port(self._index(self._out.get_ports(), self.to_port), "out")
@@ -76,10 +76,9 @@ class Keyboard:
             raise RuntimeError(f"no MIDI port matching {wanted!r} among {names}")
         return names.index(match)
 
-    def _arrived(self, event: tuple[list[int], float], _data: object = None) -> None:
-        arrived = time.monotonic()
+    def _arrived(self, data: bytes, arrived: float) -> None:
         try:
-            message = mido.Message.from_bytes(event[0])
+            message = mido.Message.from_bytes(data)
         except ValueError:
             return
         with self._lock:
@@ -96,6 +95,7 @@ class Keyboard:
         return received
 
     def close(self) -> None:
+        self._poller.stop()
         for port in (self._in, self._out):
             try:
                 port.close_port()

@@ -101,6 +101,7 @@ class AnswerJob:
     busy_s: float = 0.0
     played: int = 0
     first_error_ms: float | None = None
+    worst_error_ms: float = 0.0  # the answer note sent furthest from its grid time, either way
     barged_in: bool = False
     done: bool = False
 
@@ -308,8 +309,10 @@ class JamSession:
         job = self.job
         if job is not None:
             job.played += 1
+            error_ms = (sent - due) * 1000
             if job.first_error_ms is None:
-                job.first_error_ms = (sent - due) * 1000
+                job.first_error_ms = error_ms
+            job.worst_error_ms = max(job.worst_error_ms, abs(error_ms))
 
     # -- hand-over ------------------------------------------------------------------
     def _plan_handover(self, released: float) -> None:
@@ -469,6 +472,7 @@ class JamSession:
             "notes": job.played,
             "bars": job.bars,
             "latency_ms": None if job.first_error_ms is None else round(job.first_error_ms, 3),
+            "worst_timing_error_ms": round(job.worst_error_ms, 3),
             "tokens": job.tokens,
             "tokens_per_s": round(rate, 1),
             "realtime_factor": round(rate / consumed, 2) if consumed else None,
@@ -477,9 +481,9 @@ class JamSession:
             "barged_in": job.barged_in,
         }
         log.info(
-            "answer: %d notes, %d bars, first note %s ms, %d tokens at %.0f tok/s, late notes so far: "
-            "%d played, %d dropped%s",
-            job.played, job.bars, event["latency_ms"], job.tokens, rate, event["late_played"],
+            "answer: %d notes, %d bars, first note %s ms, worst %.3f ms, %d tokens at %.0f tok/s, late notes so "
+            "far: %d played, %d dropped%s",
+            job.played, job.bars, event["latency_ms"], job.worst_error_ms, job.tokens, rate, event["late_played"],
             event["late_dropped"], " (barged in)" if job.barged_in else "",
         )
         self.emit(event)

@@ -7,9 +7,9 @@ RtMidi gives no disconnect signal, so `watch()` polls the port list. Without any
 (no ALSA sequencer, no JACK server) `open()` raises MidiUnavailable with the reason, and
 `watch()` retries with backoff.
 
-Incoming messages are timestamped in rtmidi's thread the moment they arrive and handed to the
-event loop in one place (`_arrived`), through a bounded buffer: a flood drops the oldest
-messages (counted) instead of growing memory.
+Incoming messages are read by one thread of our own (`InputPoller`), timestamped the moment
+it sees them, and handed to the event loop in one place through a bounded buffer: a flood
+drops the oldest messages (counted) instead of growing memory.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ WATCH_INTERVAL_S = 0.5
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 INPUT_BUFFER = 4096
+RTMIDI_QUEUE = 4096  # RtMidi's own input queue, drained by InputPoller (its default is 100)
+POLL_S = 0.001  # how late an input message may be stamped
+# JACK sends what a client wrote at its next process cycle: a port closed sooner loses it.
+JACK_DRAIN_S = 0.1
 JACK_PROBE_EVERY = 10  # port-list polls between checks that the JACK server is still there
 
 Receiver = Callable[[mido.Message, float], None]
@@ -45,6 +49,8 @@ class MidiUnavailable(Exception):
 
 def _client(kind: type, api: str, name: str):
     try:
+        if kind is rtmidi.MidiIn:
+            return kind(APIS[api], name, queue_size_limit=RTMIDI_QUEUE)
         return kind(APIS[api], name)
     except rtmidi.SystemError as error:
         raise MidiUnavailable(f"{API_LABELS[api]} is not available ({error})") from None
@@ -76,6 +82,51 @@ class PortStatus:
 
     def as_dict(self) -> dict:
         return {"name": self.full_name or self.name, "connected": self.connected}
+
+
+class InputPoller:
+    """Reads one rtmidi input port from a thread of its own, stamping each message on arrival.
+
+    Never an rtmidi callback: under JACK, RtMidi runs the callback in the server's process
+    thread, where it must take the GIL; held up past a period by a thread that computes, it
+    loses or doubles events. Without a callback RtMidi queues input itself and this thread
+    drains the queue every POLL_S. `lock` is held while reading, so whoever closes, reopens or
+    swaps the port under it never does so mid-read."""
+
+    def __init__(self, deliver: Callable[[bytes, float], None], port: rtmidi.MidiIn | None = None) -> None:
+        self.deliver = deliver
+        self.lock = threading.Lock()
+        self._port = port
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="midi-in", daemon=True)
+        self._thread.start()
+
+    def attach(self, port: rtmidi.MidiIn | None) -> None:
+        """Read `port` from now on (None: nothing); once this returns the old one is untouched."""
+        with self.lock:
+            self._port = port
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        read_empty = stamp = time.monotonic()
+        while not self._stopping.is_set():
+            with self.lock:
+                event = self._port.get_message() if self._port is not None else None
+            now = time.monotonic()
+            if event is None:
+                read_empty = now
+                self._stopping.wait(POLL_S)
+                continue
+            # The message came after the last empty read and before now. RtMidi's delta from the
+            # previous message is exact (server time): where it lands inside that window it is the
+            # tighter bound, so messages read late (this thread waited for the GIL) keep the
+            # spacing they were played with.
+            candidate = stamp + event[1]
+            stamp = candidate if read_empty < candidate <= now else now
+            self.deliver(bytes(event[0]), stamp)
 
 
 class _InputBuffer:
@@ -143,7 +194,9 @@ class MidiPorts:
         self._out: rtmidi.MidiOut | None = None
         self._lister: tuple[rtmidi.MidiIn, rtmidi.MidiOut] | None = None
         self._buffer: _InputBuffer | None = None
+        self._poller: InputPoller | None = None
         self._send_lock = threading.Lock()
+        self._last_send = float("-inf")
         self._polls = 0
         self._abandoned: list = []
 
@@ -165,15 +218,20 @@ class MidiPorts:
                         _client(rtmidi.MidiOut, self.api, f"{self.client_name}-watch"))
         self._in = _client(rtmidi.MidiIn, self.api, self.client_name)
         self._out = _client(rtmidi.MidiOut, self.api, self.client_name)
-        self._listen(self._in)
+        # Sysex and active sensing stop here; clock and start/stop go on to the clock follower.
+        self._in.ignore_types(sysex=True, timing=False, active_sense=True)
         if self.input_virtual:
             self._in.open_virtual_port("in")
         if self.output_virtual:
             self._out.open_virtual_port("out")
+        self._poller = InputPoller(self._buffer.put, self._in)
         self.available, self.reason = True, ""
         self._refresh(announce=False)
 
     def close(self) -> None:
+        self._stop_polling()
+        if self.api == "jack" and self._out is not None:
+            time.sleep(max(0.0, self._last_send + JACK_DRAIN_S - time.monotonic()))
         for port in (self._in, self._out, *(self._lister or ())):
             if port is not None:
                 try:
@@ -189,6 +247,7 @@ class MidiPorts:
         """Forget the clients of a server that died without touching them: libjack has already
         freed them, and closing or deleting them then crashes the process. Kept referenced so
         the garbage collector never closes them either (a few objects per outage)."""
+        self._stop_polling()
         self._abandoned.extend(p for p in (self._in, self._out, *(self._lister or ())) if p is not None)
         self._in = self._out = self._lister = None
         self.input.connected = self.output.connected = False
@@ -200,6 +259,7 @@ class MidiPorts:
             return
         with self._send_lock:
             out.send_message(message.bytes())
+            self._last_send = time.monotonic()
 
     async def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Poll the port lists forever: reconnect by name; reopen everything after a MIDI outage."""
@@ -228,17 +288,10 @@ class MidiPorts:
                 self.on_event({"type": "midi_lost", "reason": self.reason})
 
     # -- internals --------------------------------------------------------------------
-    def _listen(self, port: rtmidi.MidiIn) -> None:
-        # Sysex and active sensing stop here; clock and start/stop go on to the clock follower.
-        port.ignore_types(sysex=True, timing=False, active_sense=True)
-        port.cancel_callback()
-        port.set_callback(self._arrived)
-
-    def _arrived(self, event: tuple[list[int], float], _data: object = None) -> None:
-        # rtmidi's thread: stamp it now, hand it over in one place.
-        arrived = time.monotonic()
-        if self._buffer is not None:
-            self._buffer.put(bytes(event[0]), arrived)
+    def _stop_polling(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller = None
 
     def _listing(self) -> tuple[list[str], list[str]]:
         assert self._lister is not None
@@ -280,7 +333,8 @@ class MidiPorts:
             return
         if status.connected:
             status.connected = False
-            port.close_port()
+            with self._poller.lock:
+                port.close_port()
             log.warning("MIDI %s port %r disappeared; waiting for it to come back", side, status.full_name)
             self.on_event({"type": "port_lost", "port": side, "name": status.full_name})
             return
@@ -290,9 +344,8 @@ class MidiPorts:
                 log.warning("MIDI %s port matching %r not found; connecting when it appears", side, status.name)
                 status.full_name = status.name
             return
-        port.open_port(names.index(match), side)
-        if isinstance(port, rtmidi.MidiIn):
-            self._listen(port)  # RtMidi's JACK input forgets its callback when its port is closed
+        with self._poller.lock:
+            port.open_port(names.index(match), side)
         status.connected, status.full_name = True, match
         log.info("MIDI %s connected to %r", side, match)
         if announce:

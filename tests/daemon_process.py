@@ -24,13 +24,13 @@ import rtmidi
 import torch
 
 from daemon.model import build_model, config_from_dict
+from daemon.ports import RTMIDI_QUEUE, InputPoller
 from daemon.weights import save_weights
 from fixtures_mqtt import Broker, MqttObserver
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0
 ANSWER_WAIT_S = 20.0
-POLL_S = 0.001
 ALL_SOUND_OFF, ALL_NOTES_OFF = 120, 123
 TINY = {
     "lstm": {"kind": "lstm", "embed_dim": 8, "hidden_size": 32, "num_layers": 1, "fc1": 32, "fc2": 32, "dropout": 0.0},
@@ -66,9 +66,8 @@ class JackPeer:
     (JACK renames a second client of the same name). Everything the daemon plays reaches the
     synth and is recorded as (arrival time, mido message).
 
-    The synth is polled from a thread of its own, never read through an rtmidi callback: a
-    callback runs in JACK's process thread and needs the GIL, and while another thread holds
-    it past a JACK period, events arrive lost or duplicated."""
+    The synth is read by the daemon's own InputPoller, never through an rtmidi callback (see
+    there why)."""
 
     def __init__(self) -> None:
         name = f"peer-{uuid.uuid4().hex[:6]}"
@@ -79,34 +78,25 @@ class JackPeer:
         self.keyboard = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, f"{name}-keys")
         self.keyboard.open_virtual_port("out")
         self.synth: rtmidi.MidiIn | None = None
-        self._polling: threading.Thread | None = None
-        self._stop_polling = threading.Event()
+        self._poller = InputPoller(self._arrived)
         self.open_synth()
 
     def open_synth(self) -> None:
-        self.synth = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, self.synth_port.split(":")[0])
+        self.synth = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, self.synth_port.split(":")[0], queue_size_limit=RTMIDI_QUEUE)
         self.synth.open_virtual_port("in")
-        self._stop_polling.clear()
-        self._polling = threading.Thread(target=self._poll, args=(self.synth,), daemon=True)
-        self._polling.start()
+        self._poller.attach(self.synth)
 
     def close_synth(self) -> None:
         """The synth goes away, as an unplugged device would."""
         if self.synth is not None:
-            self._stop_polling.set()
-            self._polling.join()
+            self._poller.attach(None)
             self.synth.close_port()
             self.synth.delete()
             self.synth = None
 
-    def _poll(self, synth: rtmidi.MidiIn) -> None:
-        while not self._stop_polling.is_set():
-            event = synth.get_message()
-            if event is None:
-                time.sleep(POLL_S)
-                continue
-            with self._lock:
-                self.received.append((time.monotonic(), mido.Message.from_bytes(event[0])))
+    def _arrived(self, data: bytes, arrived: float) -> None:
+        with self._lock:
+            self.received.append((arrived, mido.Message.from_bytes(data)))
 
     def messages(self, since: float = 0.0) -> list[mido.Message]:
         with self._lock:
@@ -121,6 +111,7 @@ class JackPeer:
 
     def close(self) -> None:
         self.close_synth()
+        self._poller.stop()
         self.keyboard.close_port()
         self.keyboard.delete()
 

@@ -242,13 +242,25 @@ def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
 
     before, state, paused, resumed, kinds = asyncio.run(scenario())
     assert before["weights"]["kind"] == "transformer"
-    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm"}
+    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm", "precision": "fp32"}
     assert (state["temperature"], state["bpm"], state["answer_bars"]) == (0.5, 200.0, 2)
     assert set(state) >= {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
     assert state["ports"]["in"]["connected"] and state["ports"]["out"]["connected"]
     assert paused["mode"] == "paused" and paused["paused"]
     assert resumed["mode"] == "listening" and not resumed["paused"]
     assert "state" in kinds
+
+
+def test_the_decode_precision_is_a_setting(tiny_lstm):
+    async def scenario():
+        async with duet(tiny_lstm, precision="int8") as d:
+            await d.play(CALL)
+            await d.wait_for("answer_finished")
+            return d.app.state(), d.recorded
+
+    state, recorded = asyncio.run(scenario())
+    assert state["weights"]["precision"] == "int8"
+    assert any(m.type == "note_on" for _, m in recorded) and paired(recorded)
 
 
 def test_an_external_clock_sets_the_grid(tiny_weights):

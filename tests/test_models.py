@@ -48,14 +48,18 @@ def test_prefill_then_steps_equal_the_full_forward(model, device, split):
     assert engine.position == CONTEXT
 
 
-@pytest.mark.parametrize("precision, tolerance", [("fp16", 5e-3), ("int8", 0.1)])
-def test_reduced_precision_decode_stays_near_the_full_forward(model, precision, tolerance):
+# What sampling sees is the next-token distribution; int8's error on it depends on the CPU's
+# fbgemm kernels (AVX2 saturates 16-bit sums where AVX-512 VNNI does not), hence KL, not logits.
+@pytest.mark.parametrize("precision, max_kl", [("fp16", 1e-4), ("int8", 0.05)])
+def test_reduced_precision_decode_stays_near_the_full_forward(model, precision, max_kl):
     tokens = torch.randint(0, 153, (48,), generator=torch.Generator().manual_seed(11)).tolist()
     engine = Engine(model, "cpu", precision=precision)
     engine.reset(tokens[:1])
     engine.feed(tokens[1:])
-    error = np.abs(engine.logits - full_logits(model, tokens, "cpu")[-1]).max()
-    assert 1e-5 < error <= tolerance  # really rounded, and still close
+    full = torch.from_numpy(full_logits(model, tokens, "cpu")[-1]).log_softmax(-1)
+    reduced = torch.from_numpy(engine.logits).log_softmax(-1)
+    assert (full - reduced).abs().max() > 1e-5  # really rounded
+    assert float((full.exp() * (full - reduced)).sum()) <= max_kl
 
 
 def test_decode_weights_follow_parameter_updates(model):

@@ -6,13 +6,16 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections import deque
 from pathlib import Path
 
 import mido
 import pytest
 import rtmidi
 
-from daemon.ports import INPUT_BUFFER, MidiUnavailable, _InputBuffer, find_port, list_ports
+from daemon.ports import INPUT_BUFFER, InputPoller, MidiUnavailable, _InputBuffer, find_port, list_ports
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
 
@@ -33,6 +36,47 @@ def test_a_flood_of_input_is_bounded_and_counted():
     assert len(delivered) == INPUT_BUFFER
     assert delivered[-1][1] == float(INPUT_BUFFER * 3 - 1)  # the newest kept, with their arrival times
     assert isinstance(delivered[0][0], mido.Message)
+
+
+class ScriptedInput:
+    """RtMidi's get_message() over a script of (seconds from now, bytes): (bytes, delta) or None."""
+
+    def __init__(self, script: list[tuple[float, bytes]]) -> None:
+        start = time.monotonic()
+        self.times = [start + at for at, _ in script]
+        self.pending = deque(zip(self.times, (data for _, data in script)))
+        self.previous: float | None = None
+        self.reads: list[float] = []
+
+    def get_message(self) -> tuple[list[int], float] | None:
+        if not self.pending or self.pending[0][0] > time.monotonic():
+            return None
+        at, data = self.pending.popleft()
+        delta = 0.0 if self.previous is None else at - self.previous
+        self.previous = at
+        self.reads.append(time.monotonic())
+        return list(data), delta
+
+
+def test_input_read_late_keeps_the_spacing_it_was_played_with():
+    stamps: list[float] = []
+    arrived = threading.Event()
+    port = ScriptedInput([(0.05, b"\x90\x3c\x64"), (0.055, b"\x80\x3c\x00"), (0.060, b"\x90\x40\x64")])
+    poller = InputPoller(lambda data, t: (stamps.append(t), arrived.set()), port)
+    try:
+        assert arrived.wait(1)
+        with poller.lock:  # the reader stalls (as behind the GIL) while the next two arrive
+            time.sleep(0.03)
+        deadline = time.monotonic() + 1
+        while len(stamps) < 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    finally:
+        poller.stop()
+    assert len(stamps) == 3
+    assert port.reads[2] - port.reads[0] > 0.02  # read together, long after the first
+    assert stamps[1] - stamps[0] == pytest.approx(0.005, abs=1e-9)
+    assert stamps[2] - stamps[0] == pytest.approx(0.010, abs=1e-9)
+    assert all(stamp >= played for stamp, played in zip(stamps, port.times))  # never early
 
 
 def test_find_port_matches_a_substring_case_insensitively_and_skips_our_own():

@@ -129,6 +129,8 @@ def main() -> int:
                 rates.append(float(rate))
                 if int(notes):
                     sent_worst.append(float(worst))
+                    if float(worst) > 2:
+                        print(f"exchange {exchange}: a note sent {worst} ms off its grid time", file=sys.stderr)
                 consumed.append(int(tokens) / (int(bars) * 16 * step))
                 if not ons:
                     empty += 1
@@ -156,6 +158,7 @@ def main() -> int:
         "latency_p99_ms": round(percentile(latencies, 99), 3),
         "jitter_p50_ms": round(percentile(jitters, 50), 3),
         "jitter_p99_ms": round(percentile(jitters, 99), 3),
+        "jitter_max_ms": round(max(jitters, default=float("nan")), 3),
         "grid_error_p50_ms": round(percentile(errors, 50), 3),
         "grid_error_p99_ms": round(percentile(errors, 99), 3),
         # Inside the daemon, before JACK: the worst note of each answer, sent minus due.

@@ -11,6 +11,7 @@ add_listener().
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -203,6 +204,9 @@ class JamApp:
         ]
         self._start_mqtt()
         await asyncio.wrap_future(self.session.worker.submit(lambda: None))  # engine primed
+        # Everything alive now (torch, the model, the ports) lives as long as the daemon: out of
+        # the collector's sight, a full collection no longer stalls the loop for tens of ms.
+        gc.freeze()
         self._log_ready()
         self.ready.set()
         sdnotify.notify("READY=1", f"STATUS={self.mode}")

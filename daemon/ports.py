@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 import time
 from collections import deque
@@ -38,6 +39,7 @@ POLL_S = 0.001  # how late an input message may be stamped
 # JACK sends what a client wrote at its next process cycle: a port closed sooner loses it.
 JACK_DRAIN_S = 0.1
 JACK_PROBE_EVERY = 10  # port-list polls between checks that the JACK server is still there
+JACK_PROBE_TIMEOUT_S = 5.0
 
 Receiver = Callable[[mido.Message, float], None]
 EventSink = Callable[[dict], None]
@@ -82,6 +84,30 @@ class PortStatus:
 
     def as_dict(self) -> dict:
         return {"name": self.full_name or self.name, "connected": self.connected}
+
+
+async def jack_server_answers() -> bool:
+    """Whether the JACK server (JACK_DEFAULT_SERVER's, or the default) still answers.
+
+    Asked by `jack_wait -c` in a child process: opening a JACK client in this process holds the
+    GIL for ~25 ms (measured), which the event loop would play as a late note. Without
+    jack_wait (a JACK install without its tools) the client is opened here after all."""
+    tool = shutil.which("jack_wait")
+    if tool is None:
+        try:
+            _client(rtmidi.MidiOut, "jack", "antiphon-probe").delete()
+        except MidiUnavailable:
+            return False
+        return True
+    process = await asyncio.create_subprocess_exec(tool, "-c", stdin=asyncio.subprocess.DEVNULL,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        answer, _ = await asyncio.wait_for(process.communicate(), JACK_PROBE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        return False
+    return answer.strip() == b"running"
 
 
 class InputPoller:
@@ -280,6 +306,10 @@ class MidiPorts:
                 backoff = BACKOFF_FIRST_S
             await asyncio.sleep(WATCH_INTERVAL_S)
             try:
+                if self.api == "jack":
+                    self._polls += 1
+                    if self._polls % JACK_PROBE_EVERY == 0 and not await jack_server_answers():
+                        raise MidiUnavailable("it stopped answering")
                 self._refresh(announce=True)
             except Exception as error:  # the server went away under us
                 self.reason = f"{API_LABELS[self.api]} went away ({error})"
@@ -298,11 +328,10 @@ class MidiPorts:
         sources, destinations = self._lister[0].get_ports(), self._lister[1].get_ports()
         if self.api == "jack":
             # A client of a JACK server that died keeps listing stale names: our own virtual
-            # ports vanishing gives it away, and a fresh client is tried now and then.
-            self._polls += 1
+            # ports vanishing gives it away (and watch() asks the server now and then).
             own_gone = (self.input_virtual and self.input.full_name and self.input.full_name not in destinations) or (
                 self.output_virtual and self.output.full_name and self.output.full_name not in sources)
-            if own_gone or self._polls % JACK_PROBE_EVERY == 0:
+            if own_gone:
                 _client(rtmidi.MidiOut, self.api, f"{self.client_name}-probe").delete()
         return sources, destinations
 

@@ -253,10 +253,14 @@ def test_sighup_reloads_the_config_and_keeps_the_ports(daemon_factory, tmp_path)
     assert daemon.stop() == 0
 
 
-def test_the_jack_server_dying_and_returning_is_survived(jack_server, tiny_weights):
+# Its own virtual ports vanishing tells the daemon at once; with named ports only asking the
+# server (every few seconds) does.
+@pytest.mark.parametrize("ports", [("--virtual",), ("--in", "no-such-keys", "--out", "no-such-synth")],
+                         ids=["virtual", "named"])
+def test_the_jack_server_dying_and_returning_is_survived(jack_server, tiny_weights, ports):
     name = f"antiphon-dies-{uuid.uuid4().hex[:6]}"
     server = JackServer(name=name).start()
-    daemon = Daemon(tiny_weights, "--virtual", "--client-name", "antiphon-dies", env={"JACK_DEFAULT_SERVER": name})
+    daemon = Daemon(tiny_weights, *ports, "--client-name", "antiphon-dies", env={"JACK_DEFAULT_SERVER": name})
     try:
         server.stop()
         daemon.wait_for("MIDI lost: the JACK server went away", 10)

@@ -152,8 +152,9 @@ class ModelSettings:
                             "weights: a shipped model or a folder", "--weights")
     device: str = _setting("auto", choice("auto", "cpu", "cuda"), "auto, cpu or cuda", "where inference runs")
     threads: int = _setting(1, number(1, 64, True), "1..64", "CPU threads for inference")
-    # fp16/int8 trade a measured, tiny NLL cost for a step that reads 2-4x fewer bytes (see bench/decode.py).
-    precision: str = _setting("fp32", choice("fp32", "fp16", "int8"), "fp32, fp16 or int8 (the last two on CPU only)",
+    # fp16/int8 read 2-4x fewer bytes per step for a measured, tiny NLL cost (bench/decode.py --nll).
+    precision: str = _setting("auto", choice("auto", "fp32", "fp16", "int8"),
+                              "auto (fp16 on an x86 CPU, else fp32), fp32, fp16 or int8 (the last two on CPU only)",
                               "weights' precision in decode steps", "--precision")
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from daemon.codec import BAR
-from daemon.decoding import check_precision
+from daemon.decoding import automatic_precision, check_precision
 from daemon.weights import load_weights
 
 CONTEXT = 256
@@ -39,10 +39,13 @@ class Engine:
         self, model: nn.Module, device: torch.device | str | None = None, name: str = "", precision: str = "fp32"
     ) -> None:
         """precision of the weights in decode steps: "fp32" (exact, the default), or on CPU
-        "fp16" / "int8" (fbgemm: half / a quarter of the bytes read per token; best-of-repeats on
-        the dev VM, one thread, fp32/fp16/int8: Transformer 1.6/1.2/1.0 ms, LSTM 0.96/0.62/0.46 ms;
-        their NLL cost is printed by bench/decode.py --nll). Prefill forwards stay fp32."""
+        "fp16" / "int8" (fbgemm: half / a quarter of the bytes read per token; medians on the
+        AVX2 dev VM, one thread, fp32/fp16/int8: Transformer 4.0/2.3/2.2 ms, LSTM 1.6/0.62/0.36 ms;
+        their NLL cost is printed by bench/decode.py --nll), or "auto" (automatic_precision).
+        Prefill forwards stay fp32."""
         self.device = torch.device(device) if device is not None else default_device()
+        if precision == "auto":
+            precision = automatic_precision(self.device)
         check_precision(precision, self.device)
         self.precision = precision
         self.model = model.to(self.device).eval()

@@ -15,6 +15,7 @@ from daemon.app import JamApp
 from daemon.clock import step_seconds
 from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note
 from daemon.config import SECTIONS, settings_from
+from daemon.decoding import automatic_precision
 from daemon.demo import notes_from, phrase_events, play
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
 from daemon.jam import answer_mask
@@ -242,7 +243,8 @@ def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
 
     before, state, paused, resumed, kinds = asyncio.run(scenario())
     assert before["weights"]["kind"] == "transformer"
-    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm", "precision": "fp32"}
+    auto = automatic_precision(torch.device("cpu"))
+    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm", "precision": auto}
     assert (state["temperature"], state["bpm"], state["answer_bars"]) == (0.5, 200.0, 2)
     assert set(state) >= {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
     assert state["ports"]["in"]["connected"] and state["ports"]["out"]["connected"]
@@ -252,6 +254,8 @@ def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
 
 
 def test_the_decode_precision_is_a_setting(tiny_lstm):
+    assert settings_from({}, "defaults").model.precision == "auto"
+
     async def scenario():
         async with duet(tiny_lstm, precision="int8") as d:
             await d.play(CALL)

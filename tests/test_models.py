@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from daemon.decoding import automatic_precision
 from daemon.engine import CONTEXT, Engine
 from daemon.model import build_model, config_from_dict, default_config, parameter_count
 
@@ -60,6 +61,13 @@ def test_reduced_precision_decode_stays_near_the_full_forward(model, precision, 
     reduced = torch.from_numpy(engine.logits).log_softmax(-1)
     assert (full - reduced).abs().max() > 1e-5  # really rounded
     assert float((full.exp() * (full - reduced)).sum()) <= max_kl
+
+
+def test_automatic_precision_is_fp16_on_an_x86_cpu_and_fp32_on_a_gpu(model):
+    fbgemm = "fbgemm" in torch.backends.quantized.supported_engines
+    assert automatic_precision(torch.device("cpu")) == ("fp16" if fbgemm else "fp32")
+    assert automatic_precision(torch.device("cuda")) == "fp32"
+    assert Engine(model, "cpu", precision="auto").precision == automatic_precision(torch.device("cpu"))
 
 
 def test_decode_weights_follow_parameter_updates(model):

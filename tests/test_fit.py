@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from daemon.codec import BAR
 from daemon.engine import Engine
@@ -187,6 +188,16 @@ def test_smoke_both_full_size_models_then_evaluate_then_the_daemon_plays(data, t
             engine.feed([token])
             tokens.append(token)
         assert len(tokens) == 12 and engine.position == 13
+
+        shipped = tmp_path / f"{kind}-shipped"
+        assert main(["export", str(out), str(shipped), "--half"]) == 0
+        assert {p.name for p in shipped.iterdir()} == {"model.safetensors", "config.json", "train_log.jsonl", "loss.png"}
+        half = load_weights(shipped)
+        assert half.meta["provenance"] == {**provenance, "stored_as": "float16"}
+        with safe_open(str(shipped / "model.safetensors"), "pt") as tensors:
+            assert {tensors.get_tensor(name).dtype for name in tensors.keys()} == {torch.float16}
+        for name, tensor in half.model.state_dict().items():
+            assert torch.equal(tensor, loaded.model.state_dict()[name].half().float()), name
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

@@ -134,6 +134,26 @@ def _run_stats(args) -> int:
     return 0
 
 
+def _export_parser(commands) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="a run's best weights as a folder to ship or share",
+        description="Copy the best weights of the run RUN into OUT (config with the run's provenance, "
+        "train_log.jsonl, loss.png; no checkpoint), optionally stored as float16 (half the size).",
+    )
+    parser.add_argument("run", type=Path, help="a run's output folder (or any weights folder)")
+    parser.add_argument("out", type=Path, help="the weights folder to write")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16")
+
+
+def _run_export(args) -> int:
+    from training.export import export_weights
+
+    out = export_weights(args.run, args.out, args.half)
+    print(f"wrote {out} ({'float16' if args.half else 'float32'})")
+    return 0
+
+
 class UsageError(Exception):
     pass
 
@@ -144,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_parser(commands)
     _evaluate_parser(commands)
     _stats_parser(commands)
+    _export_parser(commands)
     return parser
 
 
@@ -155,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.midi_loading import MidiLoadError
 
     args = build_parser().parse_args(argv)
-    runners = {"fit": _run_fit, "evaluate": _run_evaluate, "stats": _run_stats}
+    runners = {"fit": _run_fit, "evaluate": _run_evaluate, "stats": _run_stats, "export": _run_export}
     try:
         return runners[args.command](args)
     except (UsageError, FitError, DataError, CheckpointError, WeightsError, MidiLoadError) as error:

@@ -156,7 +156,7 @@ class InputPoller:
 
 
 class _InputBuffer:
-    """rtmidi thread -> event loop, bounded; the loop is woken once per burst."""
+    """The input thread -> the event loop, bounded; the loop is woken once per burst."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Receiver) -> None:
         self.loop = loop

@@ -15,7 +15,15 @@ import mido
 import pytest
 import rtmidi
 
-from daemon.ports import INPUT_BUFFER, InputPoller, MidiUnavailable, _InputBuffer, find_port, list_ports
+from daemon.ports import (
+    INPUT_BUFFER,
+    RTMIDI_QUEUE,
+    InputPoller,
+    MidiUnavailable,
+    _InputBuffer,
+    find_port,
+    list_ports,
+)
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
 
@@ -141,3 +149,31 @@ def test_sysex_and_active_sensing_stop_at_the_port_clock_goes_through(jack_serve
     received, sent = asyncio.run(scenario())
     assert [m.type for m, _ in received] == ["clock", "start", "note_on", "note_off"]
     assert all(t >= sent for _, t in received)  # stamped on arrival, on the loop's clock
+
+
+@pytest.mark.jack
+def test_a_burst_arrives_whole_and_in_order_while_another_thread_holds_the_gil(jack_server):
+    # What an rtmidi callback got wrong: run in JACK's process thread, it waited for the GIL past
+    # a period and events came lost or doubled.
+    received: list[bytes] = []
+    synth = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, "burst-synth", queue_size_limit=RTMIDI_QUEUE)
+    synth.open_virtual_port("in")
+    keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "burst-keys")
+    keys.open_port(keys.get_ports().index("burst-synth:in"))
+    poller = InputPoller(lambda data, t: received.append(data), synth)
+    sent = [bytes([0x90 | (index // 128) % 16, index % 128, 1 + index % 127]) for index in range(600)]
+    try:
+        for message in sent:
+            keys.send_message(list(message))
+            busy = time.perf_counter() + 0.0003
+            while time.perf_counter() < busy:  # pure Python: the GIL stays with this thread
+                pass
+        deadline = time.monotonic() + 5
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        poller.stop()
+        for port in (keys, synth):
+            port.close_port()
+            port.delete()
+    assert received == sent

@@ -78,6 +78,15 @@ def test_transposition_moves_only_pitches_by_one_interval_per_window_within_the_
     assert len(shifts) > 20 and min(shifts) < 0 < max(shifts)
 
 
+def test_transposition_can_be_kept_within_a_few_semitones():
+    rows = np.array([pitch_window([60 + i % 7 for i in range(86)])[:WINDOW]] * 400, dtype=np.int64)
+    shifted = transpose_windows(rows.copy(), np.random.default_rng(2), max_interval=3)
+    shifts = (shifted - rows)[:, 1]
+    assert set(shifts.tolist()) == {-3, -2, -1, 0, 1, 2, 3}
+    top = np.array([pitch_window([PITCH_MAX - 1] * 86)[:WINDOW]] * 100, dtype=np.int64)  # one semitone of room up
+    assert set((transpose_windows(top.copy(), np.random.default_rng(4), 3) - top)[:, 1].tolist()) == {-3, -2, -1, 0, 1}
+
+
 def test_transposition_of_a_window_spanning_the_whole_piano_is_zero_and_is_seeded():
     full = np.array([pitch_window([PITCH_MIN, PITCH_MAX] * 43)[:WINDOW]], dtype=np.int64)
     assert np.array_equal(transpose_windows(full.copy(), np.random.default_rng(3)), full)

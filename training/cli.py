@@ -31,6 +31,8 @@ def _fit_parser(commands) -> None:
     recipe.add_argument("--epoch-fraction", type=float, help="share of the training windows per epoch (paper: 0.02)")
     recipe.add_argument("--augment-transpose", action="store_true", default=None,
                         help="transpose each training window by a random interval within the piano range")
+    recipe.add_argument("--transpose-max", type=int,
+                        help="with --augment-transpose: at most this many semitones either way (default 0: any)")
     recipe.add_argument("--eval-windows", type=int,
                         help="evaluate each epoch on a seeded fixed sample of N test windows (default: all)")
     recipe.add_argument("--test-ratio", type=float, help="test share of files when DATA has no train/ test/ (0.1)")
@@ -60,6 +62,7 @@ def _run_fit(args) -> int:
     chosen = {
         "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay, "lr_floor": args.lr_floor,
         "epoch_fraction": args.epoch_fraction, "augment_transpose": args.augment_transpose,
+        "transpose_max": args.transpose_max,
         "eval_windows": args.eval_windows, "test_ratio": args.test_ratio, "seed": args.seed,
         "model_config": args.model_config,
     }

@@ -66,26 +66,30 @@ class WindowDataset:
         return self.tokens[starts[:, None] + np.arange(WINDOW)].astype(np.int64)
 
     def batch(
-        self, indices: Sequence[int] | np.ndarray, transpose_rng: np.random.Generator | None = None
+        self, indices: Sequence[int] | np.ndarray, transpose_rng: np.random.Generator | None = None,
+        transpose_max: int = 0,
     ) -> torch.Tensor:
         """LongTensor[B, 257]; with `transpose_rng`, each window is transposed at random."""
         windows = self.windows(indices)
         if transpose_rng is not None:
-            transpose_windows(windows, transpose_rng)
+            transpose_windows(windows, transpose_rng, transpose_max)
         return torch.from_numpy(windows)
 
 
-def transpose_windows(windows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def transpose_windows(windows: np.ndarray, rng: np.random.Generator, max_interval: int = 0) -> np.ndarray:
     """Shift the pitch tokens of each row (in place) by one random interval that keeps every pitch
     of that row within the piano range 21..108; rows without pitches are left as they are.
 
-    The interval is uniform over all the shifts that fit, 0 included."""
+    The interval is uniform over the shifts that fit, 0 included, and with `max_interval` > 0
+    over those of at most that many semitones either way."""
     pitch = is_pitch_array(windows)
     has_pitch = pitch.any(axis=1)
     low = np.where(pitch, windows, PITCH_TOKEN_MAX).min(axis=1)
     high = np.where(pitch, windows, PITCH_TOKEN_MIN).max(axis=1)
     down = PITCH_TOKEN_MIN - low  # <= 0
     up = PITCH_TOKEN_MAX - high  # >= 0
+    if max_interval > 0:
+        down, up = np.maximum(down, -max_interval), np.minimum(up, max_interval)
     # one draw per row whatever its content, so the RNG stream does not depend on the data
     shifts = np.floor(rng.random(len(windows)) * (up - down + 1)).astype(np.int64) + down
     shifts = np.where(has_pitch, shifts, 0)

@@ -56,6 +56,7 @@ class Recipe:
     lr_floor: float = 5e-5
     epoch_fraction: float = 0.02
     augment_transpose: bool = False
+    transpose_max: int = 0  # semitones either way; 0: any interval that keeps the window on the piano
     eval_windows: int = 0  # 0: every test window
     test_ratio: float = 0.1  # only for a folder without train/ and test/
     seed: int = 0
@@ -88,6 +89,8 @@ class Recipe:
             raise FitError(f"learning rate {self.lr} and decay {self.lr_decay} must be positive, floor {self.lr_floor} not negative")
         if self.eval_windows < 0:
             raise FitError(f"eval windows {self.eval_windows} must be 0 (all) or more")
+        if self.transpose_max < 0:
+            raise FitError(f"transpose max {self.transpose_max} must be 0 (any that fits) or more semitones")
 
 
 @dataclass
@@ -485,7 +488,8 @@ class Run:
                     return reason
                 began = time.monotonic()
                 mine = np.array_split(steps[state["batch_in_epoch"]], self.dist.world)[self.dist.rank]
-                batch = self.train.windows.batch(mine, self.augment if recipe.augment_transpose else None).to(self.device)
+                batch = self.train.windows.batch(mine, self.augment if recipe.augment_transpose else None,
+                                                 recipe.transpose_max).to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
                 with autocast_for(self.device, self.config.kind, self.amp):
                     loss = window_loss(self.net, batch)

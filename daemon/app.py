@@ -60,7 +60,7 @@ def check_weights(weights: str) -> tuple[Path, str]:
     return folder, config.kind
 
 
-def load_engine(weights: str, device: str, precision: str = "fp32") -> Engine:
+def load_engine(weights: str, device: str, precision: str) -> Engine:
     """The engine for these settings; raises ValueError naming what is wrong."""
     folder, _ = check_weights(weights)
     try:

@@ -137,23 +137,27 @@ def encode(notes: Iterable[Note], bar_starts: Iterable[int] = ()) -> list[int]:
     return encode_normalised(kept, bar_starts)
 
 
+def _split_bars(last_bar: int, step: int, longest: int) -> tuple[list[int], int]:
+    """Split bars of 31 steps after the bar token at `last_bar` until `step` lies at most
+    `longest` steps after the last of them; returns their tokens and that bar's step."""
+    tokens: list[int] = []
+    while step - last_bar > longest:
+        last_bar += MAX_OFFSET
+        tokens += (offset_token(MAX_OFFSET), BAR)
+    return tokens, last_bar
+
+
 def bar_line_tokens(last_bar: int, bar: int) -> list[int]:
     """Tokens for a bar line at step `bar` after the bar token at `last_bar`: split bars of 31
     first when the bar is longer than 31 steps (40 -> 31 + 9)."""
-    tokens: list[int] = []
-    while bar - last_bar > MAX_OFFSET:
-        last_bar += MAX_OFFSET
-        tokens += (offset_token(MAX_OFFSET), BAR)
+    tokens, last_bar = _split_bars(last_bar, bar, MAX_OFFSET)
     return tokens + [offset_token(bar - last_bar), BAR]
 
 
 def note_event_tokens(last_bar: int, note: Note) -> tuple[list[int], int]:
     """Tokens for a note after the bar token at `last_bar`, with split bars first when it sits
     31 or more steps out; returns them and the step of the last bar token."""
-    tokens: list[int] = []
-    while note.start - last_bar > MAX_NOTE_OFFSET:
-        last_bar += MAX_OFFSET
-        tokens += (offset_token(MAX_OFFSET), BAR)
+    tokens, last_bar = _split_bars(last_bar, note.start, MAX_NOTE_OFFSET)
     tokens += (offset_token(note.start - last_bar), pitch_token(note.pitch), duration_token(note.duration))
     return tokens, last_bar
 

@@ -26,6 +26,8 @@ from typing import Callable
 import mido
 import rtmidi
 
+from daemon.jack_server import jack_running
+
 log = logging.getLogger("antiphon.ports")
 
 APIS = {"alsa": rtmidi.API_LINUX_ALSA, "jack": rtmidi.API_UNIX_JACK}
@@ -94,11 +96,7 @@ async def jack_server_answers() -> bool:
     jack_wait (a JACK install without its tools) the client is opened here after all."""
     tool = shutil.which("jack_wait")
     if tool is None:
-        try:
-            _client(rtmidi.MidiOut, "jack", "antiphon-probe").delete()
-        except MidiUnavailable:
-            return False
-        return True
+        return jack_running()
     process = await asyncio.create_subprocess_exec(tool, "-c", stdin=asyncio.subprocess.DEVNULL,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:

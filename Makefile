@@ -6,9 +6,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: setup system-deps demo test
 
 system-deps:
-	@command -v jackd >/dev/null && command -v mosquitto >/dev/null && command -v systemd-analyze >/dev/null || { \
+	@command -v jackd >/dev/null && command -v mosquitto >/dev/null && command -v systemd-analyze >/dev/null && command -v cc >/dev/null || { \
 	  ($(SUDO) apt-get update -qq || true) && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jackd2 mosquitto mosquitto-clients systemd >/dev/null; }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jackd2 mosquitto mosquitto-clients systemd gcc libc6-dev >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

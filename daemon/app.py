@@ -34,7 +34,7 @@ log = logging.getLogger("antiphon")
 
 LIVE_SETTINGS = {"temperature": "jam", "top_p": "jam", "bpm": "tempo", "answer_bars": "jam"}
 PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
-ENGINE_KEYS = ("weights", "device", "precision")  # [model] settings a new engine is loaded for
+ENGINE_KEYS = ("weights", "device", "precision", "kernel")  # [model] settings a new engine is loaded for
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
 SWITCH_INTERVAL_S = 0.0005
 
@@ -60,11 +60,11 @@ def check_weights(weights: str) -> tuple[Path, str]:
     return folder, config.kind
 
 
-def load_engine(weights: str, device: str, precision: str) -> Engine:
+def load_engine(weights: str, device: str, precision: str, kernel: str) -> Engine:
     """The engine for these settings; raises ValueError naming what is wrong."""
     folder, _ = check_weights(weights)
     try:
-        return Engine.load(folder, None if device == "auto" else device, precision=precision)
+        return Engine.load(folder, None if device == "auto" else device, precision=precision, kernel=kernel)
     except WeightsError as error:
         raise ValueError(str(error)) from None
 
@@ -116,7 +116,8 @@ class JamApp:
         return {
             "mode": self.mode,
             "weights": {"path": str(folder), "kind": engine.kind if engine else "",
-                        "precision": engine.precision if engine else s.model.precision},
+                        "precision": engine.precision if engine else s.model.precision,
+                        "kernel": engine.kernel if engine else s.model.kernel},
             "temperature": s.jam.temperature,
             "top_p": s.jam.top_p,
             "bpm": round(self.session.grid.bpm, 2) if self.session and self._clock_present() else s.tempo.bpm,
@@ -182,7 +183,7 @@ class JamApp:
         sdnotify.notify(f"STATUS=loading weights {self.settings.model.weights}")
         try:
             model = self.settings.model
-            engine = await asyncio.to_thread(load_engine, model.weights, model.device, model.precision)
+            engine = await asyncio.to_thread(load_engine, model.weights, model.device, model.precision, model.kernel)
         except ValueError as error:
             self._remove_signal_handlers()
             raise StartupError(f"cannot load weights: {error}") from None
@@ -275,7 +276,7 @@ class JamApp:
     def _start_swap(self, weights: str) -> asyncio.Task:
         async def swap() -> None:
             model = self.settings.model
-            engine = await asyncio.to_thread(load_engine, weights, model.device, model.precision)
+            engine = await asyncio.to_thread(load_engine, weights, model.device, model.precision, model.kernel)
             await asyncio.wrap_future(self.session.swap_engine(engine))
             self.settings = replace(self.settings, model=replace(self.settings.model, weights=weights))
             log.info("weights now %s (%s)", weights_folder(weights), engine.kind)
@@ -366,8 +367,8 @@ class JamApp:
                  else f"degraded: {self.ports.reason}")
         s = self.settings
         log.info(
-            "ready: %s, weights %s (%s, %s, %s), %g bpm %s, answers %s bars",
+            "ready: %s, weights %s (%s, %s, %s, %s kernel), %g bpm %s, answers %s bars",
             where, weights_folder(s.model.weights), self.session.engine.kind, self.session.engine.device,
-            self.session.engine.precision,
+            self.session.engine.precision, self.session.engine.kernel,
             s.tempo.bpm, s.tempo.meter, s.jam.answer_bars or f"as the call (max {s.jam.max_answer_bars})",
         )

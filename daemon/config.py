@@ -154,8 +154,13 @@ class ModelSettings:
     threads: int = _setting(1, number(1, 64, True), "1..64", "CPU threads for inference")
     # fp16/int8 read 2-4x fewer bytes per step for a measured, tiny NLL cost (bench/decode.py --nll).
     precision: str = _setting("auto", choice("auto", "fp32", "fp16", "int8"),
-                              "auto (fp16 on an x86 CPU, else fp32), fp32, fp16 or int8 (the last two on CPU only)",
+                              "auto (int8 with the native kernel, fp16 on an x86 CPU, else fp32), fp32, fp16 or int8 "
+                              "(the last two on CPU only)",
                               "weights' precision in decode steps", "--precision")
+    # native: the whole decode step as one C call, built here on first use (daemon/native.py).
+    kernel: str = _setting("auto", choice("auto", "native", "torch"),
+                           "auto (native where it builds: an x86-64 CPU with AVX2 and a C compiler), native or torch",
+                           "the code that runs decode steps", "--kernel")
 
 
 @dataclass(frozen=True)

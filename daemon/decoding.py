@@ -16,13 +16,21 @@ matrix-vector kernels in torch 2.13 that beat fp32 on this CPU.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
 
+log = logging.getLogger("antiphon.decoding")
+
 PRECISIONS = ("fp32", "fp16", "int8")
+# Which code runs a decode step: "torch" (the models' step(), any device and precision) or
+# "native" (daemon/native.py: the whole step as one C call, CPU, fp32/fp16). Both compute the
+# same function; on the AVX2 dev VM, fp16, the native Transformer step is ~2x faster (op
+# dispatch, not arithmetic, dominated the torch step). "auto" = native where it builds.
+KERNELS = ("auto", "native", "torch")
 
 Prepared = TypeVar("Prepared")
 
@@ -77,13 +85,37 @@ def decode_linear(weight: torch.Tensor, bias: torch.Tensor, precision: str) -> C
     return LINEARS[precision](weight, bias)
 
 
-def automatic_precision(device: torch.device) -> str:
-    """fp16 on a CPU with fbgemm (x86-64): half the bytes per step, 1.7x (Transformer) and 2.6x
-    (LSTM) faster on the AVX2 dev VM at no measurable NLL cost, and the shipped weights are
-    stored as fp16 anyway; fp32 elsewhere (GPUs, ARM)."""
+def automatic_precision(device: torch.device, kernel: str) -> str:
+    """The precision "auto" means for a resolved kernel. Native: int8 (one scale per row), whose
+    NLL on test files is within +-0.0003 of fp32 and whose 4.3 MB of weights stay in L3 with
+    the cache (fp16 weights and cache overflow the VM's effective L3: 0.77 against 2.7 ms per
+    Transformer step). Torch: fp16 on a CPU with fbgemm (x86-64), fp32 elsewhere (GPUs, ARM)."""
+    if kernel == "native":
+        return "int8"
     if device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines:
         return "fp16"
     return "fp32"
+
+
+def resolve_kernel(kernel: str, device: torch.device, config: Any = None) -> str:
+    """"auto" -> "native" on a CPU where the native kernel builds (and runs a model of this
+    config, when given), else "torch"; "native" where it cannot run raises ValueError saying why."""
+    from daemon.native import native_unavailable, unsupported
+
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown decode kernel {kernel!r} (expected one of {list(KERNELS)})")
+    if kernel == "torch":
+        return kernel
+    if device.type != "cpu":
+        reason = f"the model is on {device}"
+    else:
+        reason = native_unavailable() or (unsupported(config) if config is not None else None)
+    if reason is None:
+        return "native"
+    if kernel == "native":
+        raise ValueError(f"decode kernel 'native' cannot run: {reason}")
+    log.info("decode kernel torch: native not used (%s)", reason)
+    return "torch"
 
 
 def check_precision(precision: str, device: torch.device) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from daemon.codec import BAR
-from daemon.decoding import automatic_precision, check_precision
+from daemon.decoding import automatic_precision, check_precision, resolve_kernel
 from daemon.weights import load_weights
 
 CONTEXT = 256
@@ -36,16 +36,21 @@ class Engine:
     """Feed tokens, read the next token's logits. Not thread-safe: one thread at a time."""
 
     def __init__(
-        self, model: nn.Module, device: torch.device | str | None = None, name: str = "", precision: str = "fp32"
+        self,
+        model: nn.Module,
+        device: torch.device | str | None = None,
+        name: str = "",
+        precision: str = "fp32",
+        kernel: str = "auto",
     ) -> None:
         """precision of the weights in decode steps: "fp32" (exact, the default), or on CPU
-        "fp16" / "int8" (fbgemm: half / a quarter of the bytes read per token; medians on the
-        AVX2 dev VM, one thread, fp32/fp16/int8: Transformer 4.0/2.3/2.2 ms, LSTM 1.6/0.62/0.36 ms;
-        their NLL cost is printed by bench/decode.py --nll), or "auto" (automatic_precision).
-        Prefill forwards stay fp32."""
+        "fp16" / "int8" (half / a quarter of the bytes read per token; their NLL cost is printed
+        by bench/decode.py --nll), or "auto" (automatic_precision). kernel: decoding.KERNELS
+        (bench/decode.py prints every pair's latency). Prefill forwards stay torch fp32."""
         self.device = torch.device(device) if device is not None else default_device()
+        self.kernel = resolve_kernel(kernel, self.device, model.config)
         if precision == "auto":
-            precision = automatic_precision(self.device)
+            precision = automatic_precision(self.device, self.kernel)
         check_precision(precision, self.device)
         self.precision = precision
         self.model = model.to(self.device).eval()
@@ -60,17 +65,21 @@ class Engine:
 
     @classmethod
     def load(
-        cls, weights_dir: str | os.PathLike, device: torch.device | str | None = None, precision: str = "fp32"
+        cls,
+        weights_dir: str | os.PathLike,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        kernel: str = "auto",
     ) -> "Engine":
         loaded = load_weights(weights_dir, device or default_device())
-        return cls(loaded.model, device, name=str(Path(weights_dir)), precision=precision)
+        return cls(loaded.model, device, name=str(Path(weights_dir)), precision=precision, kernel=kernel)
 
     def reset(self, tokens: Sequence[int] = (BAR,)) -> None:
         """Forget everything and prime with `tokens` (the last window of them)."""
         self.context.clear()
         self.position = 0
         with torch.inference_mode():
-            self._state = self.model.init_state(precision=self.precision)
+            self._state = self.model.init_state(precision=self.precision, kernel=self.kernel)
             tokens = list(tokens)[-self.window :]
             if tokens:
                 logits, self._state = self.model.prefill(self._tensor(tokens), self._state)
@@ -81,8 +90,9 @@ class Engine:
     def feed(self, tokens: Sequence[int]) -> np.ndarray:
         """Append tokens to the context; returns the next token's logits (also in .logits)."""
         with torch.inference_mode():
+            native = self.kernel == "native"  # takes the token as an int: no tensor to build
             for token in tokens:
-                logits, self._state = self.model.step(self._tensor((token,)), self._state)
+                logits, self._state = self.model.step(token if native else self._tensor((token,)), self._state)
                 self.context.append(int(token))
             if tokens:
                 self._logits = logits.float().cpu().numpy()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from daemon import native
 from daemon.codec import VOCAB_SIZE
 from daemon.decoding import cached, decode_linear
 
@@ -105,9 +106,15 @@ class TransformerModel(nn.Module):
         return self._run(tokens)[0]
 
     # Incremental inference --------------------------------------------------------------
-    def init_state(self, device: torch.device | str | None = None, precision: str = "fp32") -> "KVCache":
-        """An empty cache, holding the decode weights (prepared once per set of parameter values)."""
+    def init_state(
+        self, device: torch.device | str | None = None, precision: str = "fp32", kernel: str = "torch"
+    ) -> "KVCache":
+        """An empty cache, holding the decode weights (prepared once per set of parameter values)
+        for the torch step, or the native step (kernel "native", daemon/native.py) that replaces it."""
         device = torch.device(device) if device is not None else self.head.weight.device
+        if kernel == "native":
+            step = cached(self, f"native-{precision}", lambda _: native.TransformerStep(self, precision))
+            return KVCache(self.config, device, step.cache_dtype, None, step)
         weights = cached(self, precision, self._decode_weights)
         return KVCache(self.config, device, self.head.weight.dtype, weights)
 
@@ -149,6 +156,8 @@ class TransformerModel(nn.Module):
         on the dev VM, which at 8 layers is the same order as reading the weights. Keys are
         cached transposed ([H, d, slots]): q.K^T on that layout took 8 us against 42 us on
         [H, slots, d]."""
+        if state.native is not None:
+            return state.native(token, state), state
         slot, used = state.advance()
         weights = state.weights
         width = self.config.d_model
@@ -204,7 +213,12 @@ class KVCache:
     distance to the new token: (slot of the new token - slot) mod context, clipped."""
 
     def __init__(
-        self, config: TransformerConfig, device: torch.device, dtype: torch.dtype, weights: DecodeWeights
+        self,
+        config: TransformerConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        weights: DecodeWeights | None,
+        native: "native.TransformerStep | None" = None,
     ) -> None:
         keys = (config.num_heads, config.head_dim, config.context)  # transposed, see step()
         values = (config.num_heads, config.context, config.head_dim)
@@ -213,6 +227,8 @@ class KVCache:
         self.context = config.context
         self.device = device
         self.weights = weights
+        self.native = native
+        self.native_tables = None  # the native step's pointers to keys/values, made on first use
         self.position = 0  # absolute position of the next token
 
     @property

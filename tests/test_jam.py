@@ -16,6 +16,7 @@ from daemon.clock import step_seconds
 from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note
 from daemon.config import SECTIONS, settings_from
 from daemon.decoding import automatic_precision
+from daemon.native import native_unavailable
 from daemon.demo import notes_from, phrase_events, play
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
 from daemon.jam import answer_mask
@@ -243,8 +244,9 @@ def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
 
     before, state, paused, resumed, kinds = asyncio.run(scenario())
     assert before["weights"]["kind"] == "transformer"
-    auto = automatic_precision(torch.device("cpu"))
-    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm", "precision": auto}
+    kernel = "native" if native_unavailable() is None else "torch"
+    auto = automatic_precision(torch.device("cpu"), kernel)
+    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm", "precision": auto, "kernel": kernel}
     assert (state["temperature"], state["bpm"], state["answer_bars"]) == (0.5, 200.0, 2)
     assert set(state) >= {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
     assert state["ports"]["in"]["connected"] and state["ports"]["out"]["connected"]

@@ -22,7 +22,7 @@ from torch import nn
 
 from daemon.codec import VOCAB_SIZE
 from daemon.model import ModelConfig, build_model, config_from_dict, default_config, parameter_count
-from daemon.weights import load_weights, save_weights
+from daemon.weights import CONFIG_FILE, load_weights, save_weights
 from training.checkpoint import Checkpoint, has_checkpoint, load_checkpoint, save_checkpoint
 from training.dataset import WindowDataset, load_train_test
 from training.plots import plot_losses, write_log
@@ -574,8 +574,9 @@ class Run:
         }
 
     def finish(self, stop: str) -> None:
-        """Rewrite the best weights' provenance with how the run ended."""
-        if self.dist.main and self.state["best_epoch"] is not None:
+        """Rewrite the best weights' provenance with how the run ended (a run resumed from a
+        checkpoint alone has no best weights until an epoch improves on the checkpoint's best)."""
+        if self.dist.main and self.state["best_epoch"] is not None and (self.out / CONFIG_FILE).exists():
             best = load_weights(self.out)
             save_weights(self.out, best.model, best.config, self.provenance(stop))
         self.dist.barrier()

@@ -10,6 +10,7 @@ side (so JACK's transport both ways is included), against the grid the call defi
 Prints a table and, last, one JSON line.
 
     python bench/jam_latency.py [--exchanges 100] [--bpm 240] [--weights transformer] [--period 64]
+                                [--kernel auto|native|torch] [--precision auto|fp32|fp16|int8]
 
 JACK runs in realtime mode, as musicians run it (--no-realtime-jack to compare).
 """
@@ -88,6 +89,8 @@ def main() -> int:
     parser.add_argument("--weights", default="transformer")
     parser.add_argument("--period", type=int, default=64, help="JACK period in frames at 48 kHz")
     parser.add_argument("--answer-bars", type=int, default=1)
+    parser.add_argument("--kernel", default="auto", help="the daemon's --kernel")
+    parser.add_argument("--precision", default="auto", help="the daemon's --precision")
     parser.add_argument("--no-realtime-jack", action="store_true",
                         help="run jackd without realtime scheduling (as the tests do)")
     args = parser.parse_args()
@@ -96,7 +99,7 @@ def main() -> int:
     with JackServer(period=args.period, realtime=not args.no_realtime_jack) as server:
         command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", "antiphon-bench",
                    "--bpm", str(args.bpm), "--answer-bars", str(args.answer_bars), "--seed", "0",
-                   "--weights", args.weights]
+                   "--weights", args.weights, "--kernel", args.kernel, "--precision", args.precision]
         process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log = DaemonLog(process)

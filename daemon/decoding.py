@@ -1,4 +1,5 @@
-"""Weights prepared once for one-token decode steps, shared by both models' step().
+"""Weights prepared once for the torch decode step, shared by both models' step(), and the
+choice between that step and the native one (native.py, the default where it builds).
 
 A decode step multiplies one row by every weight matrix, so it is bound by reading the weights
 (~17 MB per token for either model, from L3). On the 2-core dev VM, one thread, minimum over
@@ -12,6 +13,8 @@ CPU opt-ins through fbgemm (relative error per matrix ~2e-4 and ~1e-2); bench/de
 prints what they cost in NLL on the reference test files. torch marks these fbgemm_* functions
 deprecated (warning once per process, silenced here); they are still the only fp16/int8
 matrix-vector kernels in torch 2.13 that beat fp32 on this CPU.
+Later measurements showed the torch step's ~230 op dispatches (3-8 us each on this VM), not
+its matrix reads, dominate it: hence the native kernel, one C call per step.
 """
 
 from __future__ import annotations

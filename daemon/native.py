@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native_decode.c")
-ABI_VERSION = 3  # native_decode.c's ABI_VERSION
+ABI_VERSION = 4  # native_decode.c's ABI_VERSION
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
-FORMATS = {"fp32": 0, "fp16": 1, "int8": 2}  # native_decode.c's weight formats, by precision
+FORMATS = {"fp32": 0, "fp16": 1, "int8": 2}
+MAX_WIDTH = 4096  # native_decode.c's MAX_WIDTH  # native_decode.c's weight formats, by precision
 
 
 class NativeUnavailable(RuntimeError):
@@ -157,7 +158,11 @@ def unsupported(config) -> str | None:
     else:
         widths = {"embed_dim": config.embed_dim, "hidden": config.hidden_size, "fc1": config.fc1, "fc2": config.fc2}
     odd = {name: width for name, width in widths.items() if width % 8}
-    return f"the native {config.kind} step needs widths that are multiples of 8; got {odd}" if odd else None
+    if odd:
+        return f"the native {config.kind} step needs widths that are multiples of 8; got {odd}"
+    if max(widths.values()) > MAX_WIDTH // 2:  # an LSTM cell's input is [x, h]
+        return f"the native {config.kind} step handles widths up to {MAX_WIDTH // 2}; got {widths}"
+    return None
 
 
 def _require_supported(config) -> None:

@@ -62,6 +62,8 @@ def _load() -> ctypes.CDLL | NativeUnavailable:
 def _build_and_load() -> ctypes.CDLL:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise NativeUnavailable(f"native decode is written for x86-64 (AVX2/FMA/F16C); this is {platform.machine()}")
+    if missing_cpu_features():
+        raise NativeUnavailable(f"this CPU lacks {'/'.join(missing_cpu_features())}, which native decode needs")
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise NativeUnavailable("no C compiler on PATH (cc, gcc or $CC) to build the native decode kernel")
@@ -106,6 +108,15 @@ def _build_key(compiler: str) -> str:
     for part in (version, " ".join(FLAGS), _cpu_flags()):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
+
+
+def missing_cpu_features() -> list[str]:
+    """Which of AVX2, FMA and F16C /proc/cpuinfo does not list (none where it cannot be read:
+    the compiler's #error then says it)."""
+    flags = _cpu_flags().split()
+    if not flags or not flags[0].startswith("flags"):
+        return []
+    return [feature.upper() for feature in ("avx2", "fma", "f16c") if feature not in flags]
 
 
 def _cpu_flags() -> str:

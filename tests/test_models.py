@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from daemon import native
 from daemon.decoding import automatic_precision
 from daemon.engine import CONTEXT, Engine
 from daemon.model import build_model, config_from_dict, default_config, parameter_count
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # (device, kernel) pairs every engine test runs on: the native kernel is a CPU one.
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-CASES = [("cpu", "torch")] + ([("cpu", "native")] if X86 else []) + [("cuda", "torch")] * torch.cuda.is_available()
+NATIVE = platform.machine().lower() in ("x86_64", "amd64") and not native.missing_cpu_features()
+CASES = [("cpu", "torch")] + ([("cpu", "native")] if NATIVE else []) + [("cuda", "torch")] * torch.cuda.is_available()
 
 
 @pytest.mark.parametrize("kind, expected", [("lstm", 4_426_457), ("transformer", 4_326_041)])
@@ -59,7 +60,7 @@ def test_prefill_then_steps_equal_the_full_forward(model, device, kernel, split)
 # fbgemm kernels (AVX2 saturates 16-bit sums where AVX-512 VNNI does not), hence KL, not logits.
 @pytest.mark.parametrize(
     "precision, kernel, max_kl",
-    [("fp16", "torch", 1e-4), ("int8", "torch", 0.05)] + [("fp16", "native", 1e-4), ("int8", "native", 0.05)] * X86,
+    [("fp16", "torch", 1e-4), ("int8", "torch", 0.05)] + [("fp16", "native", 1e-4), ("int8", "native", 0.05)] * NATIVE,
 )
 def test_reduced_precision_decode_stays_near_the_full_forward(model, precision, kernel, max_kl):
     tokens = torch.randint(0, 153, (48,), generator=torch.Generator().manual_seed(11)).tolist()
@@ -79,7 +80,7 @@ def test_automatic_precision_follows_the_kernel(model):
     assert automatic_precision(torch.device("cuda"), "torch") == "fp32"
     engine = Engine(model, "cpu", precision="auto")
     assert engine.precision == automatic_precision(torch.device("cpu"), engine.kernel)
-    assert engine.kernel == ("native" if X86 else "torch")
+    assert engine.kernel == ("native" if NATIVE else "torch")
 
 
 def test_decode_weights_follow_parameter_updates(model):

@@ -11,7 +11,8 @@ from daemon.engine import Engine
 from daemon.model import build_model, config_from_dict, default_config
 
 pytestmark = pytest.mark.skipif(
-    platform.machine().lower() not in ("x86_64", "amd64"), reason="the native kernel is x86-64 only"
+    platform.machine().lower() not in ("x86_64", "amd64") or bool(native.missing_cpu_features()),
+    reason="the native kernel needs an x86-64 CPU with AVX2, FMA and F16C",
 )
 
 

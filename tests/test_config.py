@@ -85,6 +85,7 @@ def test_every_setting_has_a_flag():
         ({"mqtt": {"port": 70000}}, ["[mqtt] port", "70000", "1..65535"]),
         ({"jam": {"answer_bars": 2.5}}, ["[jam] answer_bars", "2.5", "0 (as long as the call)"]),
         ({"model": {"precision": "fp64"}}, ["[model] precision", "'fp64'", "fp32, fp16 or int8"]),
+        ({"model": {"kernel": "cuda"}}, ["[model] kernel", "'cuda'", "native or torch"]),
     ],
 )
 def test_invalid_values_name_key_value_and_allowed(document, words):

@@ -154,6 +154,7 @@ def test_patience_stops_and_keeps_the_best_epoch(data, tmp_path):
     assert result.stop == "patience" and result.epoch == 3 and result.best_epoch == 1
     meta = load_weights(tmp_path / "run").meta["provenance"]
     assert meta["best_epoch"] == 1 and meta["epochs"] == 3 and meta["stop"] == "patience"
+    assert meta["best_epoch_steps"] == result.history[0]["steps"] < meta["steps"]
 
 
 def test_smoke_both_full_size_models_then_evaluate_then_the_daemon_plays(data, tmp_path):

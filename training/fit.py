@@ -564,6 +564,7 @@ class Run:
             "epochs": state["epoch"],
             "steps": state["step"],
             "best_epoch": state["best_epoch"],
+            "best_epoch_steps": next((r["steps"] for r in state["history"] if r["epoch"] == state["best_epoch"]), None),
             "test_nll": state["best_test_loss"],
             "test_windows": len(self.eval_indices),
             "device": str(self.device),

@@ -191,6 +191,14 @@ class _Step:
         self.dims = (ctypes.c_int * len(dims))(*dims)
         self.table = (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
         self.scratch_size = getattr(self.lib, scratch_size)(self.dims)
+        self.vocab = dims[-2]  # both dims lists end with (vocab size, weight format)
+
+    def checked(self, token: torch.Tensor | int) -> int:
+        """The token as an int; one outside the vocabulary would make the C code read out of bounds."""
+        token = int(token)
+        if not 0 <= token < self.vocab:
+            raise IndexError(f"token {token} is outside the vocabulary (0..{self.vocab - 1})")
+        return token
 
 
 class TransformerStep(_Step):
@@ -219,12 +227,12 @@ class TransformerStep(_Step):
         dims = [config.d_model, config.num_heads, config.head_dim, config.d_ff, config.num_layers,
                 config.context, config.vocab_size, FORMATS[precision]]
         super().__init__(dims, tensors, "transformer_scratch_size")
-        self.vocab = config.vocab_size
         # The cache is fp16 unless the weights are fp32: it is a third of the bytes a fp16 step
         # reads at a full context, and what a step reads must stay in L3 (see native_decode.c).
         self.cache_dtype = torch.float32 if precision == "fp32" else torch.float16
 
     def __call__(self, token: torch.Tensor | int, state) -> torch.Tensor:
+        token = self.checked(token)  # before the state moves on
         slot, used = state.advance()
         if state.native_tables is None:
             state.native_tables = (
@@ -233,7 +241,7 @@ class TransformerStep(_Step):
             )
         keys, values = state.native_tables
         scratch, logits = torch.empty(self.scratch_size), torch.empty(self.vocab)
-        self.lib.transformer_step(self.dims, self.table, keys, values, scratch.data_ptr(), int(token), slot, used,
+        self.lib.transformer_step(self.dims, self.table, keys, values, scratch.data_ptr(), token, slot, used,
                                   logits.data_ptr())
         return logits
 
@@ -263,7 +271,6 @@ class LSTMStep(_Step):
                 FORMATS[precision]]
         super().__init__(dims, tensors, "lstm_scratch_size")
         self.shape = (config.num_layers, 1, config.hidden_size)
-        self.vocab = config.vocab_size
 
     def __call__(
         self, token: torch.Tensor | int, carried: tuple[torch.Tensor, torch.Tensor] | None
@@ -273,6 +280,6 @@ class LSTMStep(_Step):
         else:
             h, c = (part.to("cpu", torch.float32).contiguous().clone() for part in carried)
         scratch, logits = torch.empty(self.scratch_size), torch.empty(self.vocab)
-        self.lib.lstm_step(self.dims, self.table, h.data_ptr(), c.data_ptr(), scratch.data_ptr(), int(token),
+        self.lib.lstm_step(self.dims, self.table, h.data_ptr(), c.data_ptr(), scratch.data_ptr(), self.checked(token),
                            logits.data_ptr())
         return logits, (h, c)

@@ -96,3 +96,10 @@ def test_native_lstm_step_leaves_the_state_it_was_given():
         _, after = model.step(torch.tensor([4]), state)
     assert all(torch.equal(a, b) for a, b in zip(before, state.carried))
     assert not torch.equal(after.carried[0], state.carried[0])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_a_token_outside_the_vocabulary_is_refused(kind):
+    engine = Engine(build_model(default_config(kind)).eval(), "cpu", kernel="native")
+    with pytest.raises(IndexError, match="token 153 is outside the vocabulary"):
+        engine.feed([153])

@@ -228,7 +228,7 @@ class TransformerStep(_Step):
                 config.context, config.vocab_size, FORMATS[precision]]
         super().__init__(dims, tensors, "transformer_scratch_size")
         # The cache is fp16 unless the weights are fp32: it is a third of the bytes a fp16 step
-        # reads at a full context, and what a step reads must stay in L3 (see native_decode.c).
+        # reads at a full context, and what a step reads should stay in L3 (README, Benchmarks).
         self.cache_dtype = torch.float32 if precision == "fp32" else torch.float16
 
     def __call__(self, token: torch.Tensor | int, state) -> torch.Tensor:

@@ -71,16 +71,15 @@ class LSTMModel(nn.Module):
             return LSTMDecodeState(None, None, step)
         return LSTMDecodeState(None, cached(self, precision, self._decode_weights))
 
+    def cell_matrix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One LSTM layer as one matrix [W_ih | W_hh] on [x, h] and one summed bias."""
+        lstm = self.lstm
+        weight = torch.cat([getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")], 1)
+        return weight.detach(), (getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")).detach()
+
     def _decode_weights(self, precision: str) -> "LSTMDecodeWeights":
         # One matrix [W_ih | W_hh] per layer and one summed bias: one addmm on [x, h] per layer.
-        cells = [
-            decode_linear(
-                torch.cat([getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}")], 1),
-                getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}"),
-                precision,
-            )
-            for layer in range(self.config.num_layers)
-        ]
+        cells = [decode_linear(*self.cell_matrix(layer), precision) for layer in range(self.config.num_layers)]
         return LSTMDecodeWeights(
             self.embed.weight.detach(), cells,
             decode_linear(self.fc1.weight, self.fc1.bias, precision), (self.norm1.weight.detach(), self.norm1.bias.detach()),

@@ -209,12 +209,9 @@ class TransformerStep(_Step):
 
         config = model.config
         _require_supported(config)
-        scale = config.head_dim**-0.5
         tensors = [_vector(model.embed.weight), *_linear(model.head.weight, model.head.bias, precision)]
         for layer in model.layers:
-            qkv_weight, qkv_bias = layer.qkv.weight.detach().clone(), layer.qkv.bias.detach().clone()
-            qkv_weight[: config.d_model] *= scale
-            qkv_bias[: config.d_model] *= scale
+            qkv_weight, qkv_bias = layer.scaled_qkv()
             tensors += [
                 *_linear(qkv_weight, qkv_bias, precision),
                 _vector(rotated_relative(layer.relative.detach(), config.context).t()),
@@ -251,7 +248,7 @@ class LSTMStep(_Step):
     The state it returns is new; the one passed in is left as it was."""
 
     def __init__(self, model: torch.nn.Module, precision: str) -> None:
-        config, lstm = model.config, model.lstm
+        config = model.config
         _require_supported(config)
         tensors = [
             _vector(model.embed.weight),
@@ -262,11 +259,7 @@ class LSTMStep(_Step):
             *_linear(model.head.weight, model.head.bias, precision),
         ]
         for layer in range(config.num_layers):
-            tensors += _linear(
-                torch.cat([getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")], 1),
-                getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}"),
-                precision,
-            )
+            tensors += _linear(*model.cell_matrix(layer), precision)
         dims = [config.embed_dim, config.hidden_size, config.num_layers, config.fc1, config.fc2, config.vocab_size,
                 FORMATS[precision]]
         super().__init__(dims, tensors, "lstm_scratch_size")

@@ -60,6 +60,15 @@ class AttentionLayer(nn.Module):
         self.heads = config.num_heads
         self.scale = 1.0 / math.sqrt(config.head_dim)
 
+    def scaled_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """QKV weight and bias (copies) with the 1/sqrt(d) score scale folded into the query rows,
+        for decode steps: one op fewer per layer."""
+        weight, bias = self.qkv.weight.detach().clone(), self.qkv.bias.detach().clone()
+        width = weight.shape[1]
+        weight[:width] *= self.scale
+        bias[:width] *= self.scale
+        return weight, bias
+
     def forward(
         self, x: torch.Tensor, previous: torch.Tensor | None, distance: torch.Tensor, causal: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,10 +131,7 @@ class TransformerModel(nn.Module):
         context = self.config.context
         layers = []
         for layer in self.layers:
-            # Fold the 1/sqrt(d) score scale into the query rows: one op fewer per layer.
-            qkv_weight, qkv_bias = layer.qkv.weight.clone(), layer.qkv.bias.clone()
-            qkv_weight[: self.config.d_model] *= layer.scale
-            qkv_bias[: self.config.d_model] *= layer.scale
+            qkv_weight, qkv_bias = layer.scaled_qkv()
             layers.append(DecodeLayer(
                 decode_linear(qkv_weight, qkv_bias, precision),
                 rotated_relative(layer.relative.detach(), context),

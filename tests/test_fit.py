@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from daemon.weights import load_weights
 from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.evaluate import evaluate
-from training.fit import Limits, Recipe, fit
+from training.fit import FitError, Limits, Recipe, fit
 from tiny_midi import TINY_LSTM, TINY_TRANSFORMER, write_broken, write_split
 
 TINY = {"lstm": TINY_LSTM, "transformer": TINY_TRANSFORMER}
@@ -246,6 +247,41 @@ def test_a_broken_file_is_skipped_and_counted_and_the_run_goes_on(tmp_path, caps
     code, text = run_cli(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--resume", "--max-epochs", "2",
                           "--no-progress"], capsys)
     assert code == 0 and "epoch 2:" in text
+
+
+def test_a_recipe_change_on_resume_takes_effect_from_there_and_is_recorded(data, tmp_path, capsys):
+    run, branch = tmp_path / "run", tmp_path / "branch"
+    quiet_fit(data, run, tiny_recipe("lstm", augment_transpose=False), Limits(max_epochs=1))
+    shutil.copytree(run, branch)
+    code, text = run_cli(["fit", str(data), "--out", str(branch), "--resume", "--change-recipe", "--lr", "0.005",
+                          "--augment-transpose", "--transpose-max", "3", "--max-epochs", "2", "--no-progress"], capsys)
+    assert code == 0
+    assert "recipe changed from step 6: lr 0.0005 -> 0.005, augment_transpose False -> True, transpose_max 0 -> 3" in text
+    state = load_checkpoint(branch / "checkpoint").state
+    assert [r["lr"] for r in state["history"]] == pytest.approx([5e-4, 0.005 * 0.8])
+    assert state["recipe"]["lr"] == 0.005 and state["recipe"]["transpose_max"] == 3
+    changes = [{"step": 6, "epoch": 1, "from": {"lr": 5e-4, "augment_transpose": False, "transpose_max": 0},
+                "to": {"lr": 0.005, "augment_transpose": True, "transpose_max": 3}}]
+    assert state["recipe_changes"] == changes
+    assert load_weights(branch).meta["provenance"]["recipe_changes"] == changes
+
+    # the branch resumes again with its changed recipe, without repeating the flags
+    code, text = run_cli(["fit", str(data), "--out", str(branch), "--resume", "--max-epochs", "3", "--no-progress"], capsys)
+    assert code == 0 and "recipe changed" not in text
+    state = load_checkpoint(branch / "checkpoint").state
+    assert state["history"][-1]["lr"] == pytest.approx(0.005 * 0.8**2) and state["recipe_changes"] == changes
+    # the copy it branched from goes on with the paper's schedule
+    baseline = quiet_fit(data, run, None, Limits(max_epochs=2), resume=True)
+    assert [r["lr"] for r in baseline.history] == pytest.approx([5e-4, 4e-4])
+
+    # what a run trains on and is judged by cannot change; a change needs a run to resume
+    code, text = run_cli(["fit", str(data), "--out", str(branch), "--resume", "--change-recipe", "--eval-windows", "8"], capsys)
+    assert code == 2 and "eval_windows 8 differs from the checkpoint" in text
+    with pytest.raises(FitError, match="batch_size cannot change on resume"):
+        fit(data, branch, None, Limits(max_epochs=4), resume=True, device="cpu", progress=False,
+            report=lambda line: None, change={"batch_size": 4})
+    code, text = run_cli(["fit", str(data), "--model", "lstm", "--out", str(tmp_path / "new"), "--change-recipe"], capsys)
+    assert code == 2 and "add --resume" in text
 
 
 def test_checkpoint_is_json_and_safetensors_and_survives_a_torn_write(data, tmp_path):

@@ -23,7 +23,11 @@ def _fit_parser(commands) -> None:
     parser.add_argument("--model", choices=("lstm", "transformer"), help="model kind (required unless --resume)")
     parser.add_argument("--out", type=Path, required=True, help="output weights folder")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint")
-    recipe = parser.add_argument_group("recipe (fixed for a run; a resumed run keeps the checkpoint's)")
+    parser.add_argument("--change-recipe", action="store_true",
+                        help="with --resume: the --lr, --lr-decay, --lr-floor, --augment-transpose and --transpose-max "
+                        "given here replace the checkpoint's from now on (recorded in the checkpoint and provenance); "
+                        "copy OUT first to keep the unchanged run as a baseline")
+    recipe = parser.add_argument_group("recipe (fixed for a run; a resumed run keeps the checkpoint's unless --change-recipe)")
     recipe.add_argument("--batch-size", type=int, help="windows per step and process (paper: 8)")
     recipe.add_argument("--lr", type=float, help="initial learning rate (paper: LSTM 5e-4, Transformer 1e-3)")
     recipe.add_argument("--lr-decay", type=float, help="lr factor per epoch (paper: LSTM 0.8, Transformer 1)")
@@ -55,7 +59,7 @@ def _fit_parser(commands) -> None:
 
 
 def _run_fit(args) -> int:
-    from training.fit import Limits, Recipe, describe_stop, fit
+    from training.fit import CHANGEABLE, Limits, Recipe, describe_stop, fit
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,9 +72,12 @@ def _run_fit(args) -> int:
     }
     limits = Limits(args.max_epochs, args.patience, args.max_steps, args.max_hours, args.checkpoint_minutes)
     if args.resume:
+        change = {key: chosen[key] for key in CHANGEABLE} if args.change_recipe else None
         result = fit(args.data, args.out, None, limits, resume=True, device=args.device, amp=not args.no_amp,
-                     progress=not args.no_progress, expect=dict(chosen, model=args.model))
+                     progress=not args.no_progress, expect=dict(chosen, model=args.model), change=change)
     else:
+        if args.change_recipe:
+            raise UsageError("fit: --change-recipe changes a resumed run; add --resume")
         if args.model is None:
             raise UsageError("fit: --model lstm|transformer is required for a new run")
         result = fit(args.data, args.out, Recipe.paper(args.model, **chosen), limits, device=args.device,

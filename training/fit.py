@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -91,6 +91,10 @@ class Recipe:
             raise FitError(f"eval windows {self.eval_windows} must be 0 (all) or more")
         if self.transpose_max < 0:
             raise FitError(f"transpose max {self.transpose_max} must be 0 (any that fits) or more semitones")
+
+
+# What a resumed run may change (--change-recipe): how it steps, not what it trains on or how it is judged.
+CHANGEABLE = ("lr", "lr_decay", "lr_floor", "augment_transpose", "transpose_max")
 
 
 @dataclass
@@ -261,6 +265,7 @@ class Run:
         progress: bool,
         report: Callable[[str], None],
         expect: dict | None = None,
+        change: dict | None = None,
     ):
         self.started = time.monotonic()
         self.out = Path(out)
@@ -276,12 +281,18 @@ class Run:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        saved = None
+        saved, changed_from = None, {}
         if resume:
             if not has_checkpoint(self.checkpoint_dir):
                 raise FitError(f"{self.checkpoint_dir}: no checkpoint to resume from (start without --resume)")
             saved = load_checkpoint(self.checkpoint_dir)
             recipe = Recipe(**saved.state["recipe"])
+            change = {k: v for k, v in (change or {}).items() if v is not None and getattr(recipe, k) != v}
+            refused = sorted(set(change) - set(CHANGEABLE))
+            if refused:
+                raise FitError(f"{', '.join(refused)} cannot change on resume (only {', '.join(CHANGEABLE)} can)")
+            changed_from = {key: getattr(recipe, key) for key in change}
+            recipe = replace(recipe, **change)
             for key, value in (expect or {}).items():
                 if value is not None and getattr(recipe, key) != value:
                     raise FitError(
@@ -293,6 +304,8 @@ class Run:
                 raise FitError(f"{self.out}: already holds a run; pass --resume to continue it or choose another --out")
             if recipe is None:
                 raise FitError("a fresh run needs a recipe")
+            if change:
+                raise FitError("a recipe change needs a run to resume (--resume)")
         recipe.check()
         self.recipe = recipe
         self.config = recipe.config()
@@ -332,10 +345,19 @@ class Run:
             "best_test_loss": None,
             "since_best": 0,
             "history": [],
+            "recipe_changes": [],  # each: the step and epoch it took effect at, the values before and after
             "wall_seconds": 0.0,
         }
         if saved is not None:
             self._restore(saved)
+            if changed_from:
+                self.state["recipe"] = asdict(recipe)
+                self.state["recipe_changes"].append(
+                    {"step": self.state["step"], "epoch": self.state["epoch"], "from": changed_from,
+                     "to": {key: getattr(recipe, key) for key in changed_from}}
+                )
+                self.report(f"recipe changed from step {self.state['step']:,}: " + ", ".join(
+                    f"{key} {before!r} -> {getattr(recipe, key)!r}" for key, before in changed_from.items()))
         self.wall_before = self.state["wall_seconds"]  # spent by earlier processes of this run
         self.saved_at = self.status_at = time.monotonic()
         self.net: nn.Module = self.model
@@ -561,6 +583,7 @@ class Run:
             "data": self.data_fingerprint,
             "skipped_files": self.train.skipped + self.test.skipped,
             "recipe": asdict(self.recipe),
+            "recipe_changes": state["recipe_changes"],
             "epochs": state["epoch"],
             "steps": state["step"],
             "best_epoch": state["best_epoch"],
@@ -596,11 +619,14 @@ def fit(
     progress: bool = True,
     report: Callable[[str], None] = print,
     expect: dict | None = None,
+    change: dict | None = None,
 ) -> FitResult:
     """Train (or continue training) into `out`; see the module docstring. On resume the recipe comes
     from the checkpoint; `expect` (recipe field -> value) names values the caller asked for, and a
-    mismatch is an error rather than a silent change of recipe."""
-    return Run(data, out, recipe, limits or Limits(), resume, device, amp, progress, report, expect).run()
+    mismatch is an error rather than a silent change of recipe. `change` (fields of CHANGEABLE ->
+    value) deliberately changes the resumed run's recipe from its current step on, recorded in the
+    checkpoint and the weights' provenance."""
+    return Run(data, out, recipe, limits or Limits(), resume, device, amp, progress, report, expect, change).run()
 
 
 def describe_stop(result: FitResult) -> str:

@@ -71,17 +71,15 @@ def _run_fit(args) -> int:
         "model_config": args.model_config,
     }
     limits = Limits(args.max_epochs, args.patience, args.max_steps, args.max_hours, args.checkpoint_minutes)
+    change = {key: chosen[key] for key in CHANGEABLE} if args.change_recipe else None
     if args.resume:
-        change = {key: chosen[key] for key in CHANGEABLE} if args.change_recipe else None
         result = fit(args.data, args.out, None, limits, resume=True, device=args.device, amp=not args.no_amp,
                      progress=not args.no_progress, expect=dict(chosen, model=args.model), change=change)
     else:
-        if args.change_recipe:
-            raise UsageError("fit: --change-recipe changes a resumed run; add --resume")
         if args.model is None:
             raise UsageError("fit: --model lstm|transformer is required for a new run")
         result = fit(args.data, args.out, Recipe.paper(args.model, **chosen), limits, device=args.device,
-                     amp=not args.no_amp, progress=not args.no_progress)
+                     amp=not args.no_amp, progress=not args.no_progress, change=change)
     if int(os.environ.get("RANK", "0")) == 0:
         print(describe_stop(result))
         if result.stop in ("signal", "max_steps", "max_hours"):

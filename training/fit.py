@@ -305,7 +305,7 @@ class Run:
             if recipe is None:
                 raise FitError("a fresh run needs a recipe")
             if change:
-                raise FitError("a recipe change needs a run to resume (--resume)")
+                raise FitError("a recipe change changes a resumed run; add --resume")
         recipe.check()
         self.recipe = recipe
         self.config = recipe.config()
@@ -351,13 +351,12 @@ class Run:
         if saved is not None:
             self._restore(saved)
             if changed_from:
-                self.state["recipe"] = asdict(recipe)
+                to = {key: getattr(recipe, key) for key in changed_from}
                 self.state["recipe_changes"].append(
-                    {"step": self.state["step"], "epoch": self.state["epoch"], "from": changed_from,
-                     "to": {key: getattr(recipe, key) for key in changed_from}}
+                    {"step": self.state["step"], "epoch": self.state["epoch"], "from": changed_from, "to": to}
                 )
                 self.report(f"recipe changed from step {self.state['step']:,}: " + ", ".join(
-                    f"{key} {before!r} -> {getattr(recipe, key)!r}" for key, before in changed_from.items()))
+                    f"{key} {changed_from[key]!r} -> {value!r}" for key, value in to.items()))
         self.wall_before = self.state["wall_seconds"]  # spent by earlier processes of this run
         self.saved_at = self.status_at = time.monotonic()
         self.net: nn.Module = self.model
@@ -369,7 +368,8 @@ class Run:
     def _restore(self, saved: Checkpoint) -> None:
         self.model.load_state_dict(saved.model)
         self.optimizer.load_state_dict(saved.optimizer)
-        self.state.update({k: v for k, v in saved.state.items() if k in self.state and k not in ("world_size",)})
+        # the recipe stays this run's own: the checkpoint's plus any --change-recipe
+        self.state.update({k: v for k, v in saved.state.items() if k in self.state and k not in ("world_size", "recipe")})
         rank = self.dist.rank
         if saved.state["world_size"] != self.dist.world:
             self.report(

@@ -84,7 +84,8 @@ def main() -> None:
     variants = engine_variants(device, args.precision, args.kernel)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 153, (CONTEXT + 128,), generator=generator).tolist()
-    results: dict[str, float | str | dict] = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)}
+    name = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    results: dict[str, float | str | dict] = {"device": name}
     per_threads: dict[str, dict[str, float]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)

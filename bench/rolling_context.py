@@ -79,13 +79,13 @@ def main() -> None:
     for kind in ("transformer", "lstm"):
         model = load_weights(args.weights_root / kind).model
         engine = Engine(model, "cpu")
-        options = {"recompute": lambda t, r: recompute(model, t, r)}
+        options = {"recompute": lambda t, r, model=model: recompute(model, t, r)}
         if kind == "transformer":
-            options["slide"] = lambda t, r: streamed(engine, t, r)
+            options["slide"] = lambda t, r, engine=engine: streamed(engine, t, r)
             for k in args.refresh:
-                options[f"refresh{k}"] = lambda t, r, k=k: streamed(engine, t, r, refresh=k)
+                options[f"refresh{k}"] = lambda t, r, k=k, engine=engine: streamed(engine, t, r, refresh=k)
         else:
-            options["carry"] = lambda t, r: streamed(engine, t, r)
+            options["carry"] = lambda t, r, engine=engine: streamed(engine, t, r)
         for name, run in options.items():
             losses, costs = [], []
             for tokens in streams:

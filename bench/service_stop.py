@@ -26,10 +26,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the service tests' harness: the same daemon, peer and broker
 
-from daemon.jack_server import JackServer  # noqa: E402
-from daemon_process import (DaemonProcess, Jam, JackPeer, NotifySocket, answer_heard,  # noqa: E402
-                            daemon_sections, save_tiny_weights, sounding, wait_online)
+from daemon_process import (  # noqa: E402
+    DaemonProcess,
+    JackPeer,
+    Jam,
+    NotifySocket,
+    answer_heard,
+    daemon_sections,
+    save_tiny_weights,
+    sounding,
+    wait_online,
+)
 from fixtures_mqtt import Broker, MqttObserver  # noqa: E402
+
+from daemon.jack_server import JackServer  # noqa: E402
 
 
 def one_run(folder: Path, mosquitto: str) -> dict[str, float]:

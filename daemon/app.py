@@ -15,9 +15,10 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from daemon.config import ConfigError, add_setting_flags, load_settings, overrides_from
 from daemon.generate import add_parser as add_generate

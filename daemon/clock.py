@@ -39,7 +39,7 @@ class TempoGrid:
     def bpm(self) -> float:
         return 60.0 / (self.step * 4)
 
-    def with_bpm(self, bpm: float, now: float) -> "TempoGrid":
+    def with_bpm(self, bpm: float, now: float) -> TempoGrid:
         """Same position at `now`, new tempo from there on."""
         new_step = step_seconds(bpm)
         return TempoGrid(now - self.position(now) * new_step, new_step)

@@ -18,7 +18,8 @@ Normalisation the paper leaves open:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 VOCAB_SIZE = 153
 CODEC_VERSION = "paper-153-v1"

@@ -13,9 +13,10 @@ import math
 import os
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 APP_NAME = "antiphon"
 

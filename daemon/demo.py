@@ -226,7 +226,7 @@ async def _duet(out_dir: Path, weights: str, bpm: float, seed: int, transport: s
     try:
         await play(phrase_events(call, bpm), send, origin)
         await asyncio.wait_for(finished.wait(), ANSWER_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print("demo: no answer came")
     finally:
         await asyncio.sleep(0.05)
@@ -243,7 +243,7 @@ async def _duet(out_dir: Path, weights: str, bpm: float, seed: int, transport: s
     write_piano_roll(png_path, [(call, "grey"), (answer, "blue")], range(0, end + 1, 16))
     latency = results.get("latency_ms")
     print(f"demo: answer of {len(answer)} notes over {results.get('bars', '?')} bars; first note "
-          f"{'%.1f ms from its grid time' % latency if latency is not None else 'none'}; "
+          f"{f'{latency:.1f} ms from its grid time' if latency is not None else 'none'}; "
           f"{results.get('tokens_per_s', 0):.0f} tokens/s")
     print(f"demo: wrote {midi_path} (tracks: call, answer) and {png_path} (call grey, answer blue)")
     return 0 if finished.is_set() else 1

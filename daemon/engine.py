@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ class Engine:
         device: torch.device | str | None = None,
         precision: str = "fp32",
         kernel: str = "auto",
-    ) -> "Engine":
+    ) -> Engine:
         loaded = load_weights(weights_dir, device or default_device())
         return cls(loaded.model, device, name=str(Path(weights_dir)), precision=precision, kernel=kernel)
 

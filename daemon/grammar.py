@@ -12,8 +12,9 @@ Every mask it returns is non-empty, so a walk that only takes masked-in tokens n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,7 +28,6 @@ from daemon.codec import (
     PITCH_MAX,
     PITCH_MIN,
     VOCAB_SIZE,
-    is_duration,
     is_offset,
     is_pitch,
     token_name,

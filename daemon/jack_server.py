@@ -63,7 +63,7 @@ class JackServer:
     def period_ms(self) -> float:
         return 1000.0 * self.period / self.rate
 
-    def start(self) -> "JackServer":
+    def start(self) -> JackServer:
         binary = jackd_path()
         if binary is None:
             raise RuntimeError("jackd is not installed (apt install jackd2)")
@@ -97,7 +97,7 @@ class JackServer:
         except OSError:
             return ""
 
-    def __enter__(self) -> "JackServer":
+    def __enter__(self) -> JackServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

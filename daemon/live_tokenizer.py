@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import heapq
 from collections import Counter, defaultdict, deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from daemon.codec import (
     BAR,
@@ -66,7 +66,7 @@ class TokenStream:
             elif token == BAR and not first:
                 self.last_bar += self._offset
 
-    def copy(self) -> "TokenStream":
+    def copy(self) -> TokenStream:
         return copy.deepcopy(self)
 
     @property

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -77,7 +78,7 @@ class LSTMModel(nn.Module):
         weight = torch.cat([getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")], 1)
         return weight.detach(), (getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")).detach()
 
-    def _decode_weights(self, precision: str) -> "LSTMDecodeWeights":
+    def _decode_weights(self, precision: str) -> LSTMDecodeWeights:
         # One matrix [W_ih | W_hh] per layer and one summed bias: one addmm on [x, h] per layer.
         cells = [decode_linear(*self.cell_matrix(layer), precision) for layer in range(self.config.num_layers)]
         return LSTMDecodeWeights(
@@ -133,4 +134,4 @@ class LSTMDecodeWeights(NamedTuple):
 class LSTMDecodeState(NamedTuple):
     carried: LSTMState | None  # (h, c) of [layers, 1, hidden]; None before the first token
     weights: LSTMDecodeWeights | None  # for the torch step
-    native: "native.LSTMStep | None" = None  # the native step that replaces it
+    native: native.LSTMStep | None = None  # the native step that replaces it

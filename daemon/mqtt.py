@@ -21,7 +21,8 @@ import logging
 import math
 import random
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import aiomqtt
 

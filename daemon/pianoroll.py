@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

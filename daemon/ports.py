@@ -20,8 +20,8 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import mido
 import rtmidi
@@ -101,7 +101,7 @@ async def jack_server_answers() -> bool:
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         answer, _ = await asyncio.wait_for(process.communicate(), JACK_PROBE_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         return False

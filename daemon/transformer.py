@@ -14,8 +14,9 @@ ring order (see rotated_relative).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -117,7 +118,7 @@ class TransformerModel(nn.Module):
     # Incremental inference --------------------------------------------------------------
     def init_state(
         self, device: torch.device | str | None = None, precision: str = "fp32", kernel: str = "torch"
-    ) -> "KVCache":
+    ) -> KVCache:
         """An empty cache, holding the decode weights (prepared once per set of parameter values)
         for the torch step, or the native step (kernel "native", daemon/native.py) that replaces it."""
         device = torch.device(device) if device is not None else self.head.weight.device
@@ -127,7 +128,7 @@ class TransformerModel(nn.Module):
         weights = cached(self, precision, self._decode_weights)
         return KVCache(self.config, device, self.head.weight.dtype, weights)
 
-    def _decode_weights(self, precision: str) -> "DecodeWeights":
+    def _decode_weights(self, precision: str) -> DecodeWeights:
         context = self.config.context
         layers = []
         for layer in self.layers:
@@ -143,7 +144,7 @@ class TransformerModel(nn.Module):
             ))
         return DecodeWeights(self.embed.weight.detach(), layers, decode_linear(self.head.weight, self.head.bias, precision))
 
-    def prefill(self, tokens: torch.Tensor, state: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
+    def prefill(self, tokens: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
         """Feed tokens [T]: one full forward into an empty cache, steps into a filled one."""
         if state.filled or tokens.numel() > self.config.context:
             logits = None
@@ -154,7 +155,7 @@ class TransformerModel(nn.Module):
         state.load(cache)
         return logits[0, -1], state
 
-    def step(self, token: torch.Tensor, state: "KVCache") -> tuple[torch.Tensor, "KVCache"]:
+    def step(self, token: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
         """token LongTensor [1] -> (logits [vocab], state). The cache is updated in place.
 
         Written for few ops per layer (13 plus a few views; narrow/select/unbind rather than
@@ -224,7 +225,7 @@ class KVCache:
         device: torch.device,
         dtype: torch.dtype,
         weights: DecodeWeights | None,
-        native: "native.TransformerStep | None" = None,
+        native: native.TransformerStep | None = None,
     ) -> None:
         keys = (config.num_heads, config.head_dim, config.context)  # transposed, see step()
         values = (config.num_heads, config.context, config.head_dim)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -29,8 +29,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     """A randomly initialised one-layer Transformer saved as a weights folder (fast to load and run)."""
     import torch
 
-    from daemon.model import config_from_dict
-    from daemon.model import build_model
+    from daemon.model import build_model, config_from_dict
     from daemon.weights import save_weights
 
     torch.manual_seed(0)

@@ -22,11 +22,11 @@ from typing import NamedTuple
 import mido
 import rtmidi
 import torch
+from fixtures_mqtt import Broker, MqttObserver
 
 from daemon.model import build_model, config_from_dict
 from daemon.ports import RTMIDI_QUEUE, InputPoller
 from daemon.weights import save_weights
-from fixtures_mqtt import Broker, MqttObserver
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0
@@ -184,7 +184,7 @@ class DaemonProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         command = [sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())",
                    "run", "--config", str(self.config), *self.flags]
         with self.log.open("ab") as log:
@@ -201,7 +201,7 @@ class DaemonProcess:
                 raise AssertionError(f"no {text!r} in the daemon's log after {timeout} s:\n{self.log_text()}")
             time.sleep(0.05)
 
-    def wait_ready(self) -> "DaemonProcess":
+    def wait_ready(self) -> DaemonProcess:
         self.wait_for_log("ready:")
         return self
 

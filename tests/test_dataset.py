@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_midi import write_broken, write_set, write_split
 
 from daemon.codec import PITCH_BASE, PITCH_MAX, PITCH_MIN, is_pitch, pitch_token
 from training.dataset import (
@@ -15,7 +16,6 @@ from training.dataset import (
     transpose_windows,
     windows_in,
 )
-from tiny_midi import write_broken, write_set, write_split
 
 
 def streams_of(lengths: list[int], seed: int = 0) -> list[list[int]]:

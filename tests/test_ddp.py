@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from tiny_midi import TINY_LSTM, write_split
 
 from training.checkpoint import load_checkpoint
-from tiny_midi import TINY_LSTM, write_split
 
 # Each process trains, then writes the parameters it ended with, so the test can compare them.
 WORKER = """

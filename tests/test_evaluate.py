@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_midi import TINY_LSTM, write_split
 
 from daemon.grammar import masks_along
 from daemon.weights import load_weights
@@ -15,8 +16,6 @@ from training.cli import main
 from training.dataset import CONTEXT, load_windows
 from training.evaluate import GrammarMasks, evaluate, sample_indices, token_nll
 from training.fit import Limits, Recipe, fit
-from tiny_midi import TINY_LSTM, write_split
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

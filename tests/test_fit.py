@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_midi import TINY_LSTM, TINY_TRANSFORMER, write_broken, write_split
 
 from daemon.codec import BAR
 from daemon.engine import Engine
@@ -23,7 +24,6 @@ from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.evaluate import evaluate
 from training.fit import FitError, Limits, Recipe, fit
-from tiny_midi import TINY_LSTM, TINY_TRANSFORMER, write_broken, write_split
 
 TINY = {"lstm": TINY_LSTM, "transformer": TINY_TRANSFORMER}
 
@@ -166,7 +166,8 @@ def test_smoke_both_full_size_models_then_evaluate_then_the_daemon_plays(data, t
             "--eval-windows", "8", "--seed", "3", "--threads", "1", "--no-progress", "--device", "cpu",
         ])
         assert code == 0
-        assert {"model.safetensors", "config.json", "train_log.jsonl", "loss.png", "checkpoint"} <= {p.name for p in out.iterdir()}
+        expected = {"model.safetensors", "config.json", "train_log.jsonl", "loss.png", "checkpoint"}
+        assert expected <= {p.name for p in out.iterdir()}
         assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         record = json.loads((out / "train_log.jsonl").read_text())
         assert {"epoch", "train_loss", "test_loss", "lr", "tokens_per_s", "wall_time"} <= set(record)

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import mido
 import pytest
@@ -26,7 +25,8 @@ def weights(tmp_path_factory):
 
 
 def generate(*args):
-    return subprocess.run([sys.executable, "-m", "daemon.cli", "generate", *map(str, args)], capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "daemon.cli", "generate", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def test_generate_unconditionally_writes_midi_and_png(weights, tmp_path):

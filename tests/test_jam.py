@@ -16,11 +16,11 @@ from daemon.clock import step_seconds
 from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note
 from daemon.config import SECTIONS, settings_from
 from daemon.decoding import automatic_precision
-from daemon.native import native_unavailable
 from daemon.demo import notes_from, phrase_events, play
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
 from daemon.jam import answer_mask
 from daemon.model import build_model, config_from_dict
+from daemon.native import native_unavailable
 from daemon.ports import LoopbackPorts
 from daemon.weights import save_weights
 

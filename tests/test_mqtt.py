@@ -8,15 +8,28 @@ import shutil
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from daemon_process import (
+    DaemonProcess,
+    JackPeer,
+    Jam,
+    answer_finished,
+    answer_heard,
+    answer_started,
+    daemon_sections,
+    events,
+    save_tiny_weights,
+    sounding,
+    start_jam,
+    stop_jam,
+    wait_online,
+)
+from fixtures_mqtt import Broker, MqttObserver
 
 from daemon.mqtt import MAX_PAYLOAD_BYTES, CommandError, parse_setting
-from daemon_process import (DaemonProcess, Jam, JackPeer, answer_finished, answer_heard, answer_started,
-                            daemon_sections, events, save_tiny_weights, sounding, start_jam, stop_jam, wait_online)
-from fixtures_mqtt import Broker, MqttObserver
 
 STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
 

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
-from daemon_process import (DaemonProcess, Jam, JackPeer, NotifySocket, answer_heard, daemon_sections,
-                            events, save_tiny_weights, sounding, wait_online)
+from daemon_process import (
+    DaemonProcess,
+    JackPeer,
+    Jam,
+    NotifySocket,
+    answer_heard,
+    daemon_sections,
+    events,
+    save_tiny_weights,
+    sounding,
+    wait_online,
+)
 from fixtures_mqtt import Broker, MqttObserver
 
 pytestmark = [pytest.mark.jack, pytest.mark.mqtt]
@@ -130,13 +139,13 @@ def test_sighup_rejects_a_bad_config_and_keeps_the_old_one(jam_with_systemd: Jam
         mark = jam.observer.mark()
         jam.daemon.config.write_text(bad)
         jam.daemon.signal(signal.SIGHUP)
-        jam.observer.wait_for(lambda: jam.daemon.log_text().count("config reload rejected") > rejected,
+        jam.observer.wait_for(lambda rejected=rejected: jam.daemon.log_text().count("config reload rejected") > rejected,
                               f"the {what} config rejected", timeout=10)
         rejection = [line for line in jam.daemon.log_text().splitlines() if "config reload rejected" in line][-1]
         assert reason in rejection and str(jam.daemon.config) in rejection, what
         # Still running with the old settings, MQTT included.
         jam.observer.publish("cmd/resume", "")
-        assert jam.observer.wait_for(lambda: jam.observer.state(mark), "the state after resume") == before, what
+        assert jam.observer.wait_for(lambda mark=mark: jam.observer.state(mark), "the state after resume") == before, what
     assert "Traceback" not in jam.daemon.log_text()
     answer_heard(jam)
 

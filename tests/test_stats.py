@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_midi import write_broken, write_set, write_split
 
 from training.cli import main
 from training.dataset import windows_in
 from training.midi_loading import load_midi
 from training.stats import data_stats
-from tiny_midi import write_broken, write_set, write_split
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
 

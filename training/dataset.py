@@ -7,9 +7,9 @@ so 640k overlapping windows cost 8 bytes each instead of 257 copies of their tok
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -154,7 +154,9 @@ def load_train_test(
         )
     loaded, skipped = load_streams(folder, report)
     if len(loaded) < 2:
-        raise DataError(f"{folder}: {len(loaded)} readable MIDI file; splitting by file needs at least 2 (or train/ and test/ subfolders)")
+        raise DataError(
+            f"{folder}: {len(loaded)} readable MIDI file; splitting by file needs at least 2 (or train/ and test/ subfolders)"
+        )
     if not 0.0 < test_ratio < 1.0:
         raise DataError(f"test ratio {test_ratio} must lie strictly between 0 and 1")
     order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(len(loaded))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -116,8 +116,9 @@ def evaluate(
     report: Callable[[str], None] | None = print,
 ) -> Evaluation:
     """Evaluate a weights folder on a data folder (its test/ subfolder when it has train/ and test/)."""
-    from daemon.weights import load_weights
     from tqdm import tqdm
+
+    from daemon.weights import load_weights
 
     began = time.monotonic()
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ class Recipe:
     seed: int = 0
 
     @classmethod
-    def paper(cls, model: str, **changes) -> "Recipe":
+    def paper(cls, model: str, **changes) -> Recipe:
         """The paper's recipe for a model kind, with `changes` (None values ignored)."""
         if model not in PAPER_SCHEDULES:
             raise FitError(f"unknown model {model!r} (expected one of {sorted(PAPER_SCHEDULES)})")
@@ -86,7 +86,9 @@ class Recipe:
         if not 0.0 < self.epoch_fraction <= 1.0:
             raise FitError(f"epoch fraction {self.epoch_fraction} must lie in (0, 1]")
         if self.lr <= 0 or self.lr_floor < 0 or self.lr_decay <= 0:
-            raise FitError(f"learning rate {self.lr} and decay {self.lr_decay} must be positive, floor {self.lr_floor} not negative")
+            raise FitError(
+                f"learning rate {self.lr} and decay {self.lr_decay} must be positive, floor {self.lr_floor} not negative"
+            )
         if self.eval_windows < 0:
             raise FitError(f"eval windows {self.eval_windows} must be 0 (all) or more")
         if self.transpose_max < 0:
@@ -226,7 +228,7 @@ class StopRequest:
         self.signal = signum
         self.report(f"received {signal.Signals(signum).name}: checkpointing at the next step, then stopping")
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if _on_main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.previous[signum] = signal.signal(signum, self._handle)
@@ -572,7 +574,8 @@ class Run:
                 plot_losses(self.out / PLOT_FILE, state["history"], f"{self.config.kind} on {self.data_folder.name}")
             self.report(
                 f"epoch {epoch}: train {record['train_loss']:.4f}  test {test_loss:.4f}  lr {lr:.2e}  "
-                f"{record['tokens_per_s']:,.0f} tokens/s" + ("  (best)" if improved else f"  (best {state['best_test_loss']:.4f} at epoch {state['best_epoch']})")
+                f"{record['tokens_per_s']:,.0f} tokens/s"
+                + ("  (best)" if improved else f"  (best {state['best_test_loss']:.4f} at epoch {state['best_epoch']})")
             )
 
     def provenance(self, stop: str) -> dict:

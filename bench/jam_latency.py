@@ -33,8 +33,8 @@ import numpy as np
 
 from daemon.clock import step_seconds
 from daemon.codec import Note
-from daemon.demo import Keyboard, phrase_events
 from daemon.jack_server import JackServer
+from daemon.playing import Keyboard, phrase_events
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
 ANSWER_LINE = re.compile(r"jam: answer: (\d+) notes, (\d+) bars, first note (\S+) ms, worst (\S+) ms, (\d+) tokens "

@@ -23,12 +23,13 @@ from typing import Any
 import torch
 
 from daemon import sdnotify
+from daemon.clock import check_loop_clock, now
 from daemon.config import SECTIONS, ConfigError, Settings, load_settings, with_setting
 from daemon.engine import Engine
-from daemon.jam import ANSWERING, JamSession
-from daemon.output import NoteOutput
+from daemon.jam import JamSession, Phase
+from daemon.midi_link import MidiLink
 from daemon.paths import KINDS, shipped_weights
-from daemon.ports import MidiPorts, MidiUnavailable
+from daemon.port_contract import Ports, PortsFactory
 from daemon.weights import WeightsError, read_config
 
 log = logging.getLogger("antiphon")
@@ -83,6 +84,14 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
     return changes
 
 
+def log_ready(s: Settings, where: str, engine: Engine) -> None:
+    log.info(
+        "ready: %s, weights %s (%s, %s, %s, %s kernel), %g bpm %s, answers %s bars",
+        where, weights_folder(s.model.weights), engine.kind, engine.device, engine.precision, engine.kernel,
+        s.tempo.bpm, s.tempo.meter, s.jam.answer_bars or f"as the call (max {s.jam.max_answer_bars})",
+    )
+
+
 class JamApp:
     """The daemon. `await run()` until SIGTERM or `stop()`."""
 
@@ -91,17 +100,15 @@ class JamApp:
         settings: Settings,
         config_path: str | None = None,
         overrides: dict | None = None,
-        ports_factory: Callable[..., Any] | None = None,
+        ports_factory: PortsFactory | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.overrides = overrides or {}
-        self.ports_factory = ports_factory
         self.listeners: list[Callable[[dict], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.session: JamSession | None = None
-        self.output: NoteOutput | None = None
-        self.ports = None
+        self.midi = MidiLink(self._port_event, ports_factory)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -109,11 +116,15 @@ class JamApp:
         self._swap: asyncio.Task | None = None
         self._status = ""
 
+    @property
+    def ports(self) -> Ports | None:
+        return self.midi.ports
+
     # -- interface for the MQTT bridge and other observers ------------------------------
     def state(self) -> dict:
         s = self.settings
         folder = weights_folder(s.model.weights)
-        engine = self.session.engine if self.session else None
+        engine = self.session.answerer.engine if self.session else None
         return {
             "mode": self.mode,
             "weights": {"path": str(folder), "kind": engine.kind if engine else "",
@@ -121,21 +132,21 @@ class JamApp:
                         "kernel": engine.kernel if engine else s.model.kernel},
             "temperature": s.jam.temperature,
             "top_p": s.jam.top_p,
-            "bpm": round(self.session.grid.bpm, 2) if self.session and self._clock_present() else s.tempo.bpm,
+            "bpm": round(self.session.timeline.grid.bpm, 2) if self.session and self.session.timeline.clock_present(now())
+            else s.tempo.bpm,
             "meter": s.tempo.meter,
             "answer_bars": s.jam.answer_bars,
-            "ports": self.ports.status() if self.ports else {"in": {"name": "", "connected": False},
-                                                             "out": {"name": "", "connected": False}},
+            "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
         }
 
     @property
     def mode(self) -> str:
-        if self.ports is None or not self.ports.available:
+        if not self.midi.available:
             return "degraded"
         if self.session and self.session.paused:
             return "paused"
-        if self.session and self.session.phase == ANSWERING:
+        if self.session and self.session.phase == Phase.ANSWERING:
             return "answering"
         return "listening"
 
@@ -162,8 +173,7 @@ class JamApp:
         elif action == "resume":
             self.session.resume()
         elif action == "panic":
-            self.session.stop_answer()
-            self.output.panic()
+            self.session.panic()
         else:
             raise ValueError(f"unknown action {action!r}; known: pause, resume, panic")
         self._emit({"type": "state"})
@@ -177,6 +187,7 @@ class JamApp:
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> int:
         self.loop = loop = asyncio.get_running_loop()
+        check_loop_clock(loop)
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
             loop.add_signal_handler(sig, handler)
         sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -191,25 +202,15 @@ class JamApp:
         if self._stop.is_set():  # SIGTERM while loading
             self._remove_signal_handlers()
             return 0
-        self.output = NoteOutput(loop, self._send, self.settings.jam.late_policy,
-                                 self.settings.jam.output_latency_ms / 1000)
-        self.session = JamSession(loop, self.settings, engine, self.output, self._emit)
-        self.ports = self._make_ports(self.settings)
-        try:
-            self.ports.open(loop)
-        except MidiUnavailable as error:
-            self.ports.reason = str(error)
-            log.warning("starting degraded: %s; retrying with backoff", error)
-        self._tasks = [
-            loop.create_task(self.ports.watch(loop), name="ports"),
-            loop.create_task(sdnotify.watchdog_task(), name="watchdog"),
-        ]
+        self.session = JamSession(loop, self.settings, engine, self.midi.send, self._emit)
+        self.midi.start(loop, self.settings.midi, self.session.receive)
+        self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
         self._start_mqtt()
-        await asyncio.wrap_future(self.session.worker.submit(lambda: None))  # engine primed
+        await asyncio.wrap_future(self.session.answerer.idle())  # engine primed
         # Everything alive now (torch, the model, the ports) lives as long as the daemon: out of
         # the collector's sight, a full collection no longer stalls the loop for tens of ms.
         gc.freeze()
-        self._log_ready()
+        log_ready(self.settings, self.midi.where(), self.session.answerer.engine)
         self.ready.set()
         sdnotify.notify("READY=1", f"STATUS={self.mode}")
         try:
@@ -224,16 +225,12 @@ class JamApp:
     async def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         if self.session is not None:
-            self.session.stop_answer()
             self.session.close()
-        if self.output is not None:
-            self.output.panic()
         for task in [*self._tasks, *(t for t in (self._swap,) if t)]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *(self._stop_mqtt(self._mqtt),) if self._mqtt else (),
+        await asyncio.gather(*self._tasks, self.midi.stop_watching(), *(self._stop_mqtt(self._mqtt),) if self._mqtt else (),
                              return_exceptions=True)
-        if self.ports is not None:
-            self.ports.close()
+        self.midi.close()
         self._remove_signal_handlers()
         log.info("stopped; nothing left sounding")
 
@@ -294,26 +291,9 @@ class JamApp:
         if not task.cancelled() and task.exception() is not None:
             log.error("weights not changed: %s", task.exception())
 
-    def _make_ports(self, settings: Settings):
-        if self.ports_factory is not None:
-            return self.ports_factory(self.session.receive, self._port_event)
-        m = settings.midi
-        return MidiPorts(m.api, m.client_name, m.input, m.output, self.session.receive, self._port_event)
-
     def _reopen_ports(self, settings: Settings) -> None:
-        for task in self._tasks:
-            if task.get_name() == "ports":
-                task.cancel()
-        self.output.panic()
-        self.ports.close()
-        self.ports = self._make_ports(settings)
-        try:
-            self.ports.open(self.loop)
-        except MidiUnavailable as error:
-            self.ports.reason = str(error)
-            log.warning("MIDI unavailable after reload: %s; retrying with backoff", error)
-        self._tasks = [t for t in self._tasks if t.get_name() != "ports"]
-        self._tasks.append(self.loop.create_task(self.ports.watch(self.loop), name="ports"))
+        self.session.panic()
+        self.midi.restart(self.loop, settings.midi)
         self._emit({"type": "state"})
 
     async def _restart_mqtt(self, previous: asyncio.Task | None) -> None:
@@ -336,14 +316,9 @@ class JamApp:
 
         self._mqtt = self.loop.create_task(MqttBridge(self, self.settings.mqtt).run(), name="mqtt")
 
-    def _send(self, message) -> None:
-        if self.ports is not None:
-            self.ports.send(message)
-
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
-            self.session.stop_answer()
-            self.output.panic()
+            self.session.panic()
         self._emit(event)
         self._emit({"type": "state"})
 
@@ -358,18 +333,3 @@ class JamApp:
                 listener(event)
             except Exception:  # an observer's bug must not stop the music
                 log.exception("event listener failed")
-
-    def _clock_present(self) -> bool:
-        return self.session.clock.present(self.loop.time())
-
-    def _log_ready(self) -> None:
-        status = self.ports.status()
-        where = (f"in={status['in']['name']} out={status['out']['name']}" if self.ports.available
-                 else f"degraded: {self.ports.reason}")
-        s = self.settings
-        log.info(
-            "ready: %s, weights %s (%s, %s, %s, %s kernel), %g bpm %s, answers %s bars",
-            where, weights_folder(s.model.weights), self.session.engine.kind, self.session.engine.device,
-            self.session.engine.precision, self.session.engine.kernel,
-            s.tempo.bpm, s.tempo.meter, s.jam.answer_bars or f"as the call (max {s.jam.max_answer_bars})",
-        )

@@ -1,13 +1,15 @@
 """The 16th-note grid: a fixed tempo, or an external MIDI clock (24 ppqn) that sets it.
 
-Positions are in 16th-note steps (floats) from the grid's zero; times are seconds on the event
-loop's monotonic clock. A `TempoGrid` is anchored by the session (the first onset after silence
+Positions are in 16th-note steps (floats) from the grid's zero; times are seconds on the daemon's
+one clock, `now()`. A `TempoGrid` is anchored by the session (the first onset after silence
 is beat one of a bar). A `ClockFollower` turns clock ticks, start/stop/continue and song position
 into the same kind of grid, fitted over the last beat of ticks so one late tick does not shift it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -16,6 +18,25 @@ TICKS_PER_STEP = TICKS_PER_QUARTER // 4
 # Ticks the grid is fitted over (one beat), and how long without ticks before the clock is gone.
 FIT_TICKS = TICKS_PER_QUARTER
 CLOCK_TIMEOUT_S = 0.5
+
+
+# How far apart the event loop's clock and now() may read before the loop is refused.
+LOOP_CLOCK_TOLERANCE_S = 0.05
+
+
+def now() -> float:
+    """The daemon's one clock, in seconds: input stamps (on the poller thread), the grid, the
+    inference worker and the output's schedule all read it."""
+    return time.monotonic()
+
+
+def check_loop_clock(loop: asyncio.AbstractEventLoop) -> None:
+    """Timers are set with `loop.call_at(t)` for times t read from now(): the loop must run on the
+    same clock (asyncio's default loop does). Raises RuntimeError for one that does not."""
+    apart = abs(loop.time() - now())
+    if apart > LOOP_CLOCK_TOLERANCE_S:
+        raise RuntimeError(f"the event loop's clock is {apart:.3f} s away from time.monotonic(); "
+                           "the daemon needs a loop on the monotonic clock")
 
 
 def step_seconds(bpm: float) -> float:

@@ -1,6 +1,6 @@
 """Answer notes out, on time, and never left hanging.
 
-Notes are scheduled on the event loop's monotonic clock (loop.call_at). Every note-on sent
+Notes are scheduled on the daemon's clock (`clock.now()`, which the loop's call_at runs on). Every note-on sent
 has its note-off scheduled with it; sounding notes are counted per (channel, note). A note
 due again while it still sounds is ended first, so each note-on keeps exactly one note-off.
 `panic()` silences a real synth in the order that works: explicit note-offs, sustain off
@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mido
+
+from daemon.clock import now
 
 log = logging.getLogger("antiphon.output")
 
@@ -72,9 +74,8 @@ class NoteOutput:
     def play(self, channel: int, pitch: int, velocity: int, on_time: float, off_time: float) -> bool:
         """Schedule one note (times are grid times); False when dropped as late."""
         due = on_time - self.send_ahead
-        now = self.loop.time()
         note = _Scheduled(channel, pitch, velocity, due, max(off_time - self.send_ahead, due))
-        if due < now:
+        if due < now():
             if self.late_policy == "drop":
                 self.stats.late_dropped += 1
                 return False
@@ -83,6 +84,11 @@ class NoteOutput:
         self._notes.add(note)
         note.on_handle = self.loop.call_at(due - EARLY_WAKE_S, self._note_on, note)
         return True
+
+    def set_timing(self, late_policy: str, send_ahead: float) -> None:
+        """From the next note on: what to do with a late note, how early to send each one."""
+        self.late_policy = late_policy
+        self.send_ahead = send_ahead
 
     def release_all(self) -> None:
         """Forget every note not yet started and end every sounding one (explicit note-offs only)."""
@@ -117,12 +123,12 @@ class NoteOutput:
     # -- callbacks --------------------------------------------------------------------
     def _note_on(self, note: _Scheduled) -> None:
         note.on_handle = None
-        while self.loop.time() < note.on_time:
+        while now() < note.on_time:
             pass  # at most EARLY_WAKE_S: a sleep could not wake this precisely
         key = (note.channel, note.pitch)
         for earlier in list(self._by_key.get(key, ())):
             self._note_off(earlier)
-        sent = self.loop.time()
+        sent = now()
         self._send(mido.Message("note_on", channel=note.channel, note=note.pitch, velocity=note.velocity))
         self.sounding[key] += 1
         note.sounding = True

@@ -7,9 +7,9 @@ RtMidi gives no disconnect signal, so `watch()` polls the port list. Without any
 (no ALSA sequencer, no JACK server) `open()` raises MidiUnavailable with the reason, and
 `watch()` retries with backoff.
 
-Incoming messages are read by one thread of our own (`InputPoller`), timestamped the moment
-it sees them, and handed to the event loop in one place through a bounded buffer: a flood
-drops the oldest messages (counted) instead of growing memory.
+Incoming messages are read by one thread of our own and handed to the event loop through a
+bounded buffer (daemon/midi_input.py). What any ports object offers the daemon is stated in
+daemon/port_contract.py.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import logging
 import shutil
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import mido
 import rtmidi
 
+from daemon.clock import now
 from daemon.jack_server import jack_running
+from daemon.midi_input import RTMIDI_QUEUE, InputBuffer, InputPoller
+from daemon.port_contract import EventSink, PortStatus, Receiver
 
 log = logging.getLogger("antiphon.ports")
 
@@ -35,16 +35,10 @@ API_LABELS = {"alsa": "the ALSA sequencer", "jack": "the JACK server"}
 WATCH_INTERVAL_S = 0.5
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
-INPUT_BUFFER = 4096
-RTMIDI_QUEUE = 4096  # RtMidi's own input queue, drained by InputPoller (its default is 100)
-POLL_S = 0.001  # how late an input message may be stamped
 # JACK sends what a client wrote at its next process cycle: a port closed sooner loses it.
 JACK_DRAIN_S = 0.1
 JACK_PROBE_EVERY = 10  # port-list polls between checks that the JACK server is still there
 JACK_PROBE_TIMEOUT_S = 5.0
-
-Receiver = Callable[[mido.Message, float], None]
-EventSink = Callable[[dict], None]
 
 
 class MidiUnavailable(Exception):
@@ -78,16 +72,6 @@ def find_port(names: list[str], wanted: str, exclude: set[str] = frozenset()) ->
     return None
 
 
-@dataclass
-class PortStatus:
-    name: str
-    connected: bool = False
-    full_name: str = ""  # what the name matched, or our virtual port's listed name
-
-    def as_dict(self) -> dict:
-        return {"name": self.full_name or self.name, "connected": self.connected}
-
-
 async def jack_server_answers() -> bool:
     """Whether the JACK server (JACK_DEFAULT_SERVER's, or the default) still answers.
 
@@ -106,88 +90,6 @@ async def jack_server_answers() -> bool:
         await process.wait()
         return False
     return answer.strip() == b"running"
-
-
-class InputPoller:
-    """Reads one rtmidi input port from a thread of its own, stamping each message on arrival.
-
-    Never an rtmidi callback: under JACK, RtMidi runs the callback in the server's process
-    thread, where it must take the GIL; held up past a period by a thread that computes, it
-    loses or doubles events. Without a callback RtMidi queues input itself and this thread
-    drains the queue every POLL_S. `lock` is held while reading, so whoever closes, reopens or
-    swaps the port under it never does so mid-read."""
-
-    def __init__(self, deliver: Callable[[bytes, float], None], port: rtmidi.MidiIn | None = None) -> None:
-        self.deliver = deliver
-        self.lock = threading.Lock()
-        self._port = port
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="midi-in", daemon=True)
-        self._thread.start()
-
-    def attach(self, port: rtmidi.MidiIn | None) -> None:
-        """Read `port` from now on (None: nothing); once this returns the old one is untouched."""
-        with self.lock:
-            self._port = port
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        read_empty = stamp = time.monotonic()
-        while not self._stopping.is_set():
-            with self.lock:
-                event = self._port.get_message() if self._port is not None else None
-            now = time.monotonic()
-            if event is None:
-                read_empty = now
-                self._stopping.wait(POLL_S)
-                continue
-            # The message came after the last empty read and before now. RtMidi's delta from the
-            # previous message is exact (server time): where it lands inside that window it is the
-            # tighter bound, so messages read late (this thread waited for the GIL) keep the
-            # spacing they were played with.
-            candidate = stamp + event[1]
-            stamp = candidate if read_empty < candidate <= now else now
-            self.deliver(bytes(event[0]), stamp)
-
-
-class _InputBuffer:
-    """The input thread -> the event loop, bounded; the loop is woken once per burst."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Receiver) -> None:
-        self.loop = loop
-        self.deliver = deliver
-        self.items: deque[tuple[bytes, float]] = deque()
-        self.lock = threading.Lock()
-        self.dropped = 0
-        self._scheduled = False
-
-    def put(self, data: bytes, arrived: float) -> None:
-        with self.lock:
-            if len(self.items) >= INPUT_BUFFER:
-                self.items.popleft()
-                self.dropped += 1
-            self.items.append((data, arrived))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self.drain)
-        except RuntimeError:  # the loop is closed: the daemon is exiting
-            pass
-
-    def drain(self) -> None:
-        with self.lock:
-            batch, self.items = self.items, deque()
-            self._scheduled = False
-        for data, arrived in batch:
-            try:
-                message = mido.Message.from_bytes(data)
-            except (ValueError, TypeError):
-                continue
-            self.deliver(message, arrived)
 
 
 class MidiPorts:
@@ -217,7 +119,7 @@ class MidiPorts:
         self._in: rtmidi.MidiIn | None = None
         self._out: rtmidi.MidiOut | None = None
         self._lister: tuple[rtmidi.MidiIn, rtmidi.MidiOut] | None = None
-        self._buffer: _InputBuffer | None = None
+        self._buffer: InputBuffer | None = None
         self._poller: InputPoller | None = None
         self._send_lock = threading.Lock()
         self._last_send = float("-inf")
@@ -233,10 +135,17 @@ class MidiPorts:
 
     # -- lifecycle --------------------------------------------------------------------
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Open both sides; raises MidiUnavailable when there is no MIDI subsystem.
+        """Open both sides; raises MidiUnavailable when there is no MIDI subsystem (`reason` says why).
 
         A named port that does not exist yet is not an error: it is connected when it appears."""
-        self._buffer = _InputBuffer(loop, self.receive)
+        try:
+            self._open(loop)
+        except MidiUnavailable as error:
+            self.reason = str(error)
+            raise
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._buffer = InputBuffer(loop, self.receive)
         self.close()
         self._lister = (_client(rtmidi.MidiIn, self.api, f"{self.client_name}-watch"),
                         _client(rtmidi.MidiOut, self.api, f"{self.client_name}-watch"))
@@ -255,7 +164,7 @@ class MidiPorts:
     def close(self) -> None:
         self._stop_polling()
         if self.api == "jack" and self._out is not None:
-            time.sleep(max(0.0, self._last_send + JACK_DRAIN_S - time.monotonic()))
+            time.sleep(max(0.0, self._last_send + JACK_DRAIN_S - now()))
         for port in (self._in, self._out, *(self._lister or ())):
             if port is not None:
                 try:
@@ -283,19 +192,19 @@ class MidiPorts:
             return
         with self._send_lock:
             out.send_message(message.bytes())
-            self._last_send = time.monotonic()
+            self._last_send = now()
 
     async def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Poll the port lists forever: reconnect by name; reopen everything after a MIDI outage."""
         backoff = BACKOFF_FIRST_S
         while True:
             if not self.available:
+                reported = self.reason
                 try:
                     self.open(loop)
                 except MidiUnavailable as error:
-                    if str(error) != self.reason:
+                    if self.reason != reported:
                         log.warning("MIDI unavailable: %s; retrying with backoff", error)
-                    self.reason = str(error)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
@@ -377,43 +286,3 @@ class MidiPorts:
         log.info("MIDI %s connected to %r", side, match)
         if announce:
             self.on_event({"type": "port_regained", "port": side, "name": match})
-
-
-class LoopbackPorts:
-    """An in-process port pair with the MidiPorts interface, for a machine with no MIDI at all.
-
-    `play(message)` is the keyboard side (arrives at the daemon's input, timestamped now);
-    every message the daemon sends is handed to `on_output(message, time)`."""
-
-    def __init__(self, receive: Receiver, on_event: EventSink, on_output: Receiver | None = None) -> None:
-        self.receive = receive
-        self.on_event = on_event
-        self.on_output = on_output
-        self.api = "in-process"
-        self.available = False
-        self.reason = ""
-        self.dropped = 0
-        self.input = PortStatus("in-process:in", full_name="in-process:in")
-        self.output = PortStatus("in-process:out", full_name="in-process:out")
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def status(self) -> dict:
-        return {"in": self.input.as_dict(), "out": self.output.as_dict()}
-
-    def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.available = self.input.connected = self.output.connected = True
-
-    def close(self) -> None:
-        self.available = self.input.connected = self.output.connected = False
-
-    def play(self, message: mido.Message) -> None:
-        assert self._loop is not None
-        self.receive(message, self._loop.time())
-
-    def send(self, message: mido.Message) -> None:
-        if self.on_output is not None and self._loop is not None:
-            self.on_output(message, self._loop.time())
-
-    async def watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        await asyncio.Event().wait()

@@ -24,8 +24,8 @@ import rtmidi
 import torch
 from fixtures_mqtt import Broker, MqttObserver
 
+from daemon.midi_input import RTMIDI_QUEUE, InputPoller
 from daemon.model import build_model, config_from_dict
-from daemon.ports import RTMIDI_QUEUE, InputPoller
 from daemon.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]

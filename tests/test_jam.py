@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from daemon.answer_loop import answer_mask
 from daemon.app import JamApp
 from daemon.clock import step_seconds
 from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note
 from daemon.config import SECTIONS, settings_from
 from daemon.decoding import automatic_precision
-from daemon.demo import notes_from, phrase_events, play
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
-from daemon.jam import answer_mask
+from daemon.loopback import LoopbackPorts
 from daemon.model import build_model, config_from_dict
 from daemon.native import native_unavailable
-from daemon.ports import LoopbackPorts
+from daemon.playing import notes_from, phrase_events, play
 from daemon.weights import save_weights
 
 BPM = 240.0
@@ -180,7 +180,7 @@ def test_barge_in_stops_the_answer_and_keeps_what_was_played(tiny_weights):
             d.ports.play(mido.Message("note_on", note=50, velocity=80))
             barged = loop.time()
             finished = await d.wait_for("answer_finished")
-            sounding = dict(d.app.output.sounding)
+            sounding = dict(d.app.session.output.sounding)
             d.ports.play(mido.Message("note_off", note=50))
             return d, origin, barged, finished, sounding, tokens_before
 

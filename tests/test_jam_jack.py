@@ -18,9 +18,9 @@ import rtmidi
 
 from daemon.clock import step_seconds
 from daemon.codec import Note, encode
-from daemon.demo import Keyboard, notes_from, phrase_events
 from daemon.grammar import accepts
 from daemon.jack_server import JackServer
+from daemon.playing import Keyboard, notes_from, phrase_events
 
 pytestmark = pytest.mark.jack
 

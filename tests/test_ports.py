@@ -15,15 +15,8 @@ import mido
 import pytest
 import rtmidi
 
-from daemon.ports import (
-    INPUT_BUFFER,
-    RTMIDI_QUEUE,
-    InputPoller,
-    MidiUnavailable,
-    _InputBuffer,
-    find_port,
-    list_ports,
-)
+from daemon.midi_input import INPUT_BUFFER, RTMIDI_QUEUE, InputBuffer, InputPoller
+from daemon.ports import MidiUnavailable, find_port, list_ports
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
 
@@ -32,7 +25,7 @@ def test_a_flood_of_input_is_bounded_and_counted():
     async def scenario():
         loop = asyncio.get_running_loop()
         delivered = []
-        buffer = _InputBuffer(loop, lambda message, t: delivered.append((message, t)))
+        buffer = InputBuffer(loop, lambda message, t: delivered.append((message, t)))
         for index in range(INPUT_BUFFER * 3):
             buffer.put(bytes([0x90, index % 128, 100]), float(index))
         assert len(buffer.items) == INPUT_BUFFER

@@ -1,0 +1,81 @@
+"""The player's side of an exchange: the call's notes, its length, its loudness.
+
+Wraps the `LiveTokenizer` (note events at stream positions in, notes committed in encoder order
+out) with what the session needs to know about the call: where it began and when the player
+last let go (the answer's length follows the call's), whether a key is stuck, and the velocity
+an answer that follows the player plays at. Positions are stream steps (floats); loop thread only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from daemon.answer_loop import DEFAULT_VELOCITY
+from daemon.codec import Note
+from daemon.config import JamSettings
+from daemon.live_tokenizer import LiveTokenizer
+
+VELOCITY_MEMORY = 16  # player notes the answer's velocity follows
+COMMIT_INTERVAL_S = 0.05  # how often held-back notes are re-checked while the player plays
+
+
+class Listener:
+    commit_interval_s = COMMIT_INTERVAL_S
+
+    def __init__(self) -> None:
+        self.tokenizer = LiveTokenizer()
+        self.call_start = 0  # stream bar line where the current call began
+        self.last_release = 0.0  # position of the latest note-off (or hand-over request)
+        self.velocities: deque[int] = deque(maxlen=VELOCITY_MEMORY)
+
+    # -- events -----------------------------------------------------------------------
+    def note_on(self, pitch: int, velocity: int, position: float) -> None:
+        self.velocities.append(velocity)
+        self.tokenizer.note_on(pitch, velocity, position)
+
+    def note_off(self, pitch: int, position: float) -> None:
+        self.tokenizer.note_off(pitch, position)
+        self.last_release = position
+
+    def pedal(self, down: bool, position: float) -> None:
+        self.tokenizer.pedal(down, position)
+
+    def commit(self, position: float) -> list[Note]:
+        return self.tokenizer.commit(position)
+
+    def finish_call(self, position: float, start: int) -> list[Note]:
+        """The hand-over: keys still down (held past the cap, or a lost note-off) and the pedal end
+        now; every note of the call is committed."""
+        self.tokenizer.release_keys(position)
+        self.tokenizer.release_pedal(position)
+        return self.tokenizer.commit(max(position, start) + 1)
+
+    # -- state ------------------------------------------------------------------------
+    def holding(self, position: float) -> int:
+        """Keys down that hold back a hand-over (see LiveTokenizer.holding)."""
+        return self.tokenizer.holding(position)
+
+    @property
+    def busy(self) -> bool:
+        """Notes sound or wait to be committed: the commit ticker keeps running."""
+        return bool(self.tokenizer.sounding or self.tokenizer.pending)
+
+    def stuck(self, position: float) -> bool:
+        """Keys are down, but none of them holds back a hand-over any more."""
+        return bool(self.tokenizer.keys_down) and not self.tokenizer.holding(position)
+
+    def answer_bars(self, jam: JamSettings, steps_per_bar: int) -> int:
+        """The answer's length: fixed, or the call's (from its start to the last release), capped."""
+        if jam.answer_bars:
+            return jam.answer_bars
+        call = math.ceil(max(self.last_release - self.call_start, 1) / steps_per_bar)
+        return max(1, min(call, jam.max_answer_bars))
+
+    def velocity(self, setting: str | int) -> int:
+        """The answer's velocity: fixed, or the mean of the player's latest notes."""
+        if setting != "follow":
+            return int(setting)
+        if not self.velocities:
+            return DEFAULT_VELOCITY
+        return int(round(sum(self.velocities) / len(self.velocities)))

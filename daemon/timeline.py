@@ -1,0 +1,119 @@
+"""Where the conversation is in musical time: the grid, the stream's bar lines, and time <-> step.
+
+Two kinds of step: grid positions (16th notes from the tempo grid's zero, `clock.TempoGrid`) and
+stream steps (16th notes from the conversation's first bar line, what the tokens count). They
+differ by `shift`, fixed when a phrase is anchored: silences between exchanges are collapsed, so
+the first onset after silence is beat one of the bar after everything in the stream. Bar lines
+fall every `steps_per_bar` from `bar_origin` (the bar line where the current meter began).
+
+The grid is a fixed tempo, or an external MIDI clock's (`follow_clock`). A `Timeline` is owned by
+the event loop. The worker thread gets a `TimelineView`, an immutable
+copy of the grid and shift taken when a job starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from daemon.clock import ClockFollower, TempoGrid, step_seconds
+
+
+@dataclass(frozen=True)
+class TimelineView:
+    """Stream step <-> time for a fixed grid and shift."""
+
+    grid: TempoGrid
+    shift: float
+
+    def position(self, t: float) -> float:
+        """Stream step (float) at time t."""
+        return self.grid.position(t) + self.shift
+
+    def time_at(self, step: float) -> float:
+        return self.grid.time_at(step - self.shift)
+
+    @property
+    def step_s(self) -> float:
+        return self.grid.step
+
+
+class Timeline:
+    """The loop's timeline: tempo changes, anchoring, and bar arithmetic on the stream."""
+
+    def __init__(self, bpm: float, steps_per_bar: int, t: float) -> None:
+        self.view = TimelineView(TempoGrid(t, step_seconds(bpm)), 0.0)  # replaced whole, never changed
+        self.steps_per_bar = steps_per_bar
+        self.bar_origin = 0  # a bar line of the current meter (bar lines are every steps_per_bar from it)
+        self.end = 0  # the first bar line after everything in the stream
+        self.clock = ClockFollower()
+
+    @property
+    def grid(self) -> TempoGrid:
+        return self.view.grid
+
+    @property
+    def shift(self) -> float:
+        """Stream step = grid position + shift."""
+        return self.view.shift
+
+    def position(self, t: float) -> float:
+        """Stream step (float) at time t."""
+        return self.view.position(t)
+
+    def time_at(self, step: float) -> float:
+        return self.view.time_at(step)
+
+    # -- the grid -----------------------------------------------------------------------
+    def set_grid(self, grid: TempoGrid) -> None:
+        """Another grid from now on (an external clock's); the shift stays."""
+        self.view = TimelineView(grid, self.shift)
+
+    def follow_clock(self, kind: str, t: float, song_position: int = 0) -> None:
+        """One MIDI real-time message; a running clock sets the grid."""
+        self.clock.handle(kind, t, song_position)
+        if kind == "clock" and self.clock.present(t):
+            grid = self.clock.grid()
+            if grid is not None:
+                self.set_grid(grid)
+
+    def clock_present(self, t: float) -> bool:
+        return self.clock.present(t)
+
+    def set_tempo(self, bpm: float, t: float) -> None:
+        """A new tempo from time t on, the position at t kept."""
+        self.set_grid(self.grid.with_bpm(bpm, t))
+
+    def anchor(self, t: float, bpm: float | None = None) -> None:
+        """The first onset after silence, at time t: beat one of the bar at `end`.
+
+        With `bpm` the grid starts at t at that tempo; without, the grid stays (an external
+        clock's) and its bar phase is kept: the onset's bar is the one t falls in."""
+        grid = self.grid if bpm is None else TempoGrid(t, step_seconds(bpm))
+        self.bar_origin = self.end
+        bar = self.steps_per_bar
+        onset_bar = math.floor(round(grid.position(t)) / bar) * bar
+        self.view = TimelineView(grid, self.end - onset_bar)
+
+    # -- bar arithmetic (stream steps) ----------------------------------------------------
+    def bar_after(self, step: int) -> int:
+        """The first bar line after `step`."""
+        bar = self.steps_per_bar
+        return self.bar_origin + ((step - self.bar_origin) // bar + 1) * bar
+
+    def bar_at_or_before(self, step: float) -> int:
+        bar = self.steps_per_bar
+        return self.bar_origin + math.floor((step - self.bar_origin) / bar) * bar
+
+    def handover_step(self, released: float, wait: str | int, lead_s: float) -> int:
+        """Where an answer starts after the player let go at `released`: the next bar line
+        (`wait` "bar") or `wait` steps later."""
+        if wait == "bar":
+            # The bar line must leave time to prepare: a release just before it (legato into
+            # the next bar) is not silence until that bar line.
+            return self.bar_after(math.floor(released + lead_s / self.grid.step))
+        return math.ceil(released + wait)
+
+    def extend_to(self, step: int) -> None:
+        """A note starts at `step`: the stream now ends at the bar line after it (or later)."""
+        self.end = max(self.end, self.bar_after(step))

@@ -67,7 +67,7 @@ def test_an_unknown_kernel_is_named():
 def test_widths_the_kernel_cannot_vectorise_fall_back_or_are_refused():
     model = build_model(config_from_dict({"kind": "lstm", "hidden_size": 20})).eval()
     with pytest.raises(native.NativeUnavailable, match="multiples of 8; got {'hidden': 20}"):
-        native.LSTMStep(model, "fp32")
+        native.native_decoder(model, "fp32")
     assert Engine(model, "cpu", kernel="auto").kernel == "torch"
     with pytest.raises(ValueError, match="'native' cannot run: .*multiples of 8"):
         Engine(model, "cpu", kernel="native")
@@ -89,13 +89,13 @@ def test_native_and_torch_steps_agree_token_by_token_past_the_context(kind):
 
 def test_native_lstm_step_leaves_the_state_it_was_given():
     model = build_model(default_config("lstm")).eval()
+    step = native.native_decoder(model, "fp32").step
     with torch.inference_mode():
-        state = model.init_state(kernel="native")
-        _, state = model.step(torch.tensor([3]), state)
-        before = tuple(part.clone() for part in state.carried)
-        _, after = model.step(torch.tensor([4]), state)
-    assert all(torch.equal(a, b) for a, b in zip(before, state.carried))
-    assert not torch.equal(after.carried[0], state.carried[0])
+        _, state = step(3, None)
+        before = tuple(part.clone() for part in state)
+        _, after = step(4, state)
+    assert all(torch.equal(a, b) for a, b in zip(before, state))
+    assert not torch.equal(after[0], state[0])
 
 
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon.decoding import PRECISIONS, automatic_precision, resolve_kernel  # noqa: E402
-from daemon.engine import CONTEXT, Engine  # noqa: E402
+from daemon.decoding import PRECISIONS, automatic_precision  # noqa: E402
+from daemon.engine import CONTEXT, Engine, resolve_kernel  # noqa: E402
 from daemon.model import build_model, default_config  # noqa: E402
 from daemon.weights import load_weights  # noqa: E402
 

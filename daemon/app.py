@@ -24,17 +24,16 @@ import torch
 
 from daemon import sdnotify
 from daemon.clock import check_loop_clock, now
-from daemon.config import SECTIONS, ConfigError, Settings, load_settings, with_setting
+from daemon.config import LIVE_SETTINGS, SECTIONS, ConfigError, Settings, load_settings, with_setting
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
-from daemon.paths import KINDS, shipped_weights
+from daemon.paths import weights_folder
 from daemon.port_contract import Ports, PortsFactory
 from daemon.weights import WeightsError, read_config
 
 log = logging.getLogger("antiphon")
 
-LIVE_SETTINGS = {"temperature": "jam", "top_p": "jam", "bpm": "tempo", "answer_bars": "jam"}
 PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
 ENGINE_KEYS = ("weights", "device", "precision", "kernel")  # [model] settings a new engine is loaded for
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
@@ -43,13 +42,6 @@ SWITCH_INTERVAL_S = 0.0005
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why (no traceback)."""
-
-
-def weights_folder(weights: str) -> Path:
-    """A shipped model by name (found beside the package, so an editable install works) or a folder."""
-    if weights in KINDS:
-        return shipped_weights(weights)
-    return Path(weights).expanduser()
 
 
 def check_weights(weights: str) -> tuple[Path, str]:
@@ -151,7 +143,7 @@ class JamApp:
         return "listening"
 
     def apply_setting(self, name: str, value: Any) -> asyncio.Task | None:
-        """Change one live setting; ValueError (changing nothing) on a bad name or value.
+        """Change one live setting (config.LIVE_SETTINGS); ValueError (changing nothing) on a bad name or value.
 
         A weights change is checked at once and loaded in a worker thread; the returned task
         finishes when the new model answers (or raises ValueError if it cannot be loaded)."""
@@ -161,8 +153,8 @@ class JamApp:
             check_weights(value)
             return self._start_swap(value)
         if name not in LIVE_SETTINGS:
-            raise ValueError(f"unknown setting {name!r}; known: {', '.join([*LIVE_SETTINGS, 'weights'])}")
-        self._use(with_setting(self.settings, LIVE_SETTINGS[name], name, value))
+            raise ValueError(f"unknown setting {name!r}; known: {', '.join(LIVE_SETTINGS)}")
+        self._use(with_setting(self.settings, LIVE_SETTINGS[name].section, name, value))
         return None
 
     def command(self, action: str) -> None:

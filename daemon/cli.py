@@ -9,10 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 
-from daemon.config import ConfigError, add_setting_flags, load_settings, overrides_from
+from daemon.config import MODEL_AND_SAMPLING, ConfigError, add_setting_flags, load_settings, overrides_from, settings_from
 from daemon.generate import add_parser as add_generate
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Where the demo's settings differ from the daemon's (the flags it shares with `run` override them).
+DEMO_DEFAULTS = {"tempo": {"bpm": 120.0}, "jam": {"seed": 0}}
 
 
 def _settings(args: argparse.Namespace):
@@ -75,19 +77,18 @@ def ports_command(args: argparse.Namespace) -> int:
 def add_demo(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="a jam without a keyboard: a built-in phrase, answered")
     parser.add_argument("--out", default="out/demo", help="folder for the MIDI file and the piano roll")
-    parser.add_argument("--weights", default="transformer", help="transformer, lstm or a weights folder")
-    parser.add_argument("--bpm", type=float, default=120.0)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transport", choices=("auto", "jack", "in-process"), default="auto",
                         help="auto: existing MIDI, else a private JACK dummy server, else an in-process pair")
+    add_setting_flags(parser, MODEL_AND_SAMPLING, DEMO_DEFAULTS)  # as `antiphon run` takes them
     parser.set_defaults(handler=demo_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
+    settings = settings_from(DEMO_DEFAULTS, "demo's defaults", overrides_from(args))
     _setup_logging("warning")
-    return run_demo(args.out, args.weights, args.bpm, args.seed, args.transport)
+    return run_demo(args.out, settings, args.transport)
 
 
 COMMANDS: list[Callable] = [add_run, add_ports, add_demo, add_generate]

@@ -2,8 +2,10 @@
 
 The file has one table per section ([midi], [tempo], [jam], [model], [mqtt], [log]); flags
 override the file. Each setting is declared once below (default, check, what is allowed,
-flag, help); the TOML reader, the flags and the error messages all come from that one place.
-A bad value is rejected with the source, the key, the value and what is allowed.
+help, flag, and whether it can change while the daemon runs, with its MQTT names); the TOML
+reader, the flags of every command, the settings the app and MQTT change at run time
+(LIVE_SETTINGS) and the error messages all come from that one place. A bad value is rejected
+with the source, the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -28,19 +30,39 @@ class ConfigError(ValueError):
 Check = Callable[[Any], Any]
 
 
-def _setting(default: Any, check: Check, allowed: str, help: str, flag: str | None = None) -> Any:
-    return field(default=default, metadata={"check": check, "allowed": allowed, "help": help, "flag": flag})
+def _setting(
+    default: Any, check: Check, allowed: str, help: str, flag: str | None = None,
+    live: bool = False, mqtt: tuple[str, ...] = (),
+) -> Any:
+    """live: changeable while the daemon runs (JamApp.apply_setting, MQTT <prefix>/set/<name>);
+    mqtt: other names MQTT accepts for it."""
+    metadata = {"check": check, "allowed": allowed, "help": help, "flag": flag, "live": live, "mqtt": mqtt}
+    return field(default=default, metadata=metadata)
+
+
+def finite_number(value: Any, integer: bool = False) -> float | int:
+    """A finite number as a float (an int if `integer`); ValueError "not a number", "not a finite
+    number" or "not a whole number" otherwise. The numbers' check here and MQTT's payloads share it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("not a finite number")
+    if integer and not (isinstance(value, int) or value.is_integer()):
+        raise ValueError("not a whole number")
+    if integer:
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past any float: past every range too
+        raise ValueError("out of range") from None
 
 
 def number(low: float, high: float, integer: bool = False) -> Check:
     def check(value: Any) -> float | int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("not a number")
-        if integer and not float(value).is_integer():
-            raise ValueError("not a whole number")
-        if not (math.isfinite(value) and low <= value <= high):
+        value = finite_number(value, integer)
+        if not low <= value <= high:
             raise ValueError("out of range")
-        return int(value) if integer else float(value)
+        return value
 
     return check
 
@@ -114,7 +136,8 @@ class MidiSettings:
 
 @dataclass(frozen=True)
 class TempoSettings:
-    bpm: float = _setting(100.0, number(20, 400), "20..400", "tempo in quarter notes per minute")
+    bpm: float = _setting(100.0, number(20, 400), "20..400", "tempo in quarter notes per minute",
+                          live=True, mqtt=("tempo",))
     meter: str = _setting("4/4", meter, "n/d with d in 2,4,8,16 and a bar of at most 31 sixteenths", "time signature")
     follow_clock: bool = _setting(True, boolean, "true or false", "follow an external MIDI clock when present")
 
@@ -125,10 +148,11 @@ class JamSettings:
                                "silence before answering: until the next bar line, or a number of 16ths")
     handover_cc: int = _setting(-1, number(-1, 127, True), "-1 (off) or a controller 0..127",
                                 "controller (e.g. a foot switch) that hands over at once")
-    answer_bars: int = _setting(0, number(0, 16, True), "0 (as long as the call) or 1..16", "bars in an answer")
+    answer_bars: int = _setting(0, number(0, 16, True), "0 (as long as the call) or 1..16", "bars in an answer",
+                                live=True, mqtt=("answer_length", "answer-length"))
     max_answer_bars: int = _setting(4, number(1, 16, True), "1..16", "longest answer when it follows the call")
-    temperature: float = _setting(1.0, number(0, 5), "0..5 (0 = greedy)", "sampling temperature")
-    top_p: float = _setting(0.95, number(0.01, 1), "0.01..1", "nucleus sampling mass")
+    temperature: float = _setting(1.0, number(0, 5), "0..5 (0 = greedy)", "sampling temperature", live=True)
+    top_p: float = _setting(0.95, number(0.01, 1), "0.01..1", "nucleus sampling mass", live=True, mqtt=("top-p",))
     seed: int = _setting(-1, number(-1, 2**31 - 1, True), "-1 (random) or 0..2147483647", "sampling seed")
     late_policy: str = _setting("play", choice("play", "drop"), "play or drop",
                                 "what happens to an answer note that would still be late")
@@ -150,7 +174,7 @@ class JamSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     weights: str = _setting("transformer", text, "transformer, lstm or a weights folder",
-                            "weights: a shipped model or a folder", "--weights")
+                            "weights: a shipped model or a folder", "--weights", live=True)
     device: str = _setting("auto", choice("auto", "cpu", "cuda"), "auto, cpu or cuda", "where inference runs")
     threads: int = _setting(1, number(1, 64, True), "1..64", "CPU threads for inference")
     # fp16/int8 read 2-4x fewer bytes per step for a measured, tiny NLL cost (bench/decode.py --nll).
@@ -196,6 +220,12 @@ SECTIONS: dict[str, type] = {
     "mqtt": MqttSettings,
     "log": LogSettings,
 }
+# The settings of every command that runs a model (run, generate, demo): the same flags, checks
+# and help everywhere.
+MODEL_AND_SAMPLING: frozenset[tuple[str, str]] = frozenset({
+    ("model", "weights"), ("model", "device"), ("model", "precision"), ("model", "kernel"),
+    ("jam", "temperature"), ("jam", "top_p"), ("jam", "seed"), ("tempo", "bpm"),
+})
 # TOML spells the ports "in"/"out" like the flags; "in" is a Python keyword, hence the renaming.
 KEY_ALIASES = {("midi", "in"): "input", ("midi", "out"): "output"}
 
@@ -214,6 +244,29 @@ class Settings:
     def steps_per_bar(self) -> int:
         top, bottom = self.tempo.meter.split("/")
         return int(top) * 16 // int(bottom)
+
+
+@dataclass(frozen=True)
+class LiveSetting:
+    """A setting declared live=True: changeable while the daemon runs."""
+
+    section: str
+    name: str
+    type: type  # what MQTT parses a payload to: float, int or str
+    aliases: tuple[str, ...]  # the other names MQTT accepts
+
+
+def _live_settings() -> dict[str, LiveSetting]:
+    types = {"float": float, "int": int, "str": str}
+    return {
+        spec.name: LiveSetting(section, spec.name, types[spec.type], spec.metadata["mqtt"])
+        for section, cls in SECTIONS.items()
+        for spec in fields(cls)
+        if spec.metadata["live"]
+    }
+
+
+LIVE_SETTINGS: dict[str, LiveSetting] = _live_settings()
 
 
 def toml_key(section: str, name: str) -> str:
@@ -309,14 +362,24 @@ def load_settings(path: str | os.PathLike | None, overrides: dict | None = None)
     return settings_from(read_file(Path(path)), str(path), overrides)
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting (its value overrides the config file)."""
+def add_setting_flags(
+    parser: argparse.ArgumentParser, only: frozenset[tuple[str, str]] | None = None, defaults: dict | None = None
+) -> None:
+    """One flag per setting (its value overrides the config file). A command that takes a few
+    passes `only`, the (section, name) pairs, and its own `defaults` ({section: {key: value}},
+    the document it gives settings_from) where they differ from the daemon's."""
+    defaults = defaults or {}
     for section, cls in SECTIONS.items():
+        specs = [spec for spec in fields(cls) if only is None or (section, spec.name) in only]
+        if not specs:
+            continue
         group = parser.add_argument_group(f"[{section}] settings")
-        for spec in fields(cls):
+        for spec in specs:
             dest = f"set:{section}:{spec.name}"
             flag = flag_name(section, spec)
-            help_text = f"{spec.metadata['help']} ({spec.metadata['allowed']})"
+            default = defaults.get(section, {}).get(toml_key(section, spec.name), spec.default)
+            shown = f"; default {default}" if default != "" else ""
+            help_text = f"{spec.metadata['help']} ({spec.metadata['allowed']}{shown})"
             if spec.metadata["check"] is boolean:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:

@@ -1,42 +1,32 @@
-"""Weights prepared once for the torch decode step, shared by both models' step(), and the
-choice between that step and the native one (native.py, the default where it builds).
+"""What a decode step reads, declared once per model, and the torch step's preparation of it.
 
-A decode step multiplies one row by every weight matrix, so it is bound by reading the weights
-(~17 MB per token for either model, from L3). On the 2-core dev VM, one thread, minimum over
-interleaved repeats, all 32 matrices of the Transformer (16.8 MB), in one run:
-  F.linear 1.36 ms, addmm on a pre-transposed copy 1.09 ms, torch.sum over the same bytes 1.14 ms;
-  torch's own fp16 / bf16 F.linear 1.36 / 1.55 ms (no gain), addmm in fp16 ~10x slower.
-and in another (a busier moment): addmm 2.43 ms, fbgemm fp16 weights 1.32 ms, fbgemm int8
-weights 0.90 ms, torch.ao dynamic int8 Linear 3.24 ms (its per-call overhead dominates).
-So "fp32" (the default, exact) is addmm on pre-transposed weights; "fp16" and "int8" are explicit
-CPU opt-ins through fbgemm (relative error per matrix ~2e-4 and ~1e-2); bench/decode.py --nll
-prints what they cost in NLL on the reference test files. torch marks these fbgemm_* functions
-deprecated (warning once per process, silenced here); they are still the only fp16/int8
-matrix-vector kernels in torch 2.13 that beat fp32 on this CPU.
-Later measurements showed the torch step's ~230 op dispatches (3-8 us each on this VM), not
-its matrix reads, dominate it: hence the native kernel, one C call per step.
+Each model declares its decode weights in one DecodeLayout: the tensors, in order, each a
+Linear, a Norm or a Table, and the config sizes the step needs. The torch step (torch_decoder)
+and the native one (native.native_decoder, whose C code reads the same order through names
+generated from the layout) are both prepared from it.
+
+A decode step multiplies one row by every weight matrix, so it reads every weight once per
+token. "fp32" (the default, exact) is addmm on pre-transposed weights; "fp16" and "int8" are
+explicit CPU opt-ins that read a half / a quarter of the bytes, through fbgemm in the torch step
+(relative error per matrix ~2e-4 and ~1e-2). bench/decode.py prints what each costs per token
+for either step and, with --nll, in NLL on the reference test files. torch marks these fbgemm_*
+functions deprecated (warning once per process, silenced here); they are still the only
+fp16/int8 matrix-vector kernels in torch 2.13 that beat fp32 on an x86 CPU.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import warnings
+from collections import namedtuple
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import nn
 
-log = logging.getLogger("antiphon.decoding")
-
 PRECISIONS = ("fp32", "fp16", "int8")
-# Which code runs a decode step: "torch" (the models' step(), any device and precision) or
-# "native" (daemon/native.py: the whole step as one C call, CPU, fp32/fp16). Both compute the
-# same function; on the AVX2 dev VM, fp16, the native Transformer step is ~2x faster (op
-# dispatch, not arithmetic, dominated the torch step). "auto" = native where it builds.
-KERNELS = ("auto", "native", "torch")
-
-Prepared = TypeVar("Prepared")
 
 
 class DecodeLinear:
@@ -91,35 +81,14 @@ def decode_linear(weight: torch.Tensor, bias: torch.Tensor, precision: str) -> C
 
 def automatic_precision(device: torch.device, kernel: str) -> str:
     """The precision "auto" means for a resolved kernel. Native: int8 (one scale per row), whose
-    NLL on test files is within +-0.0003 of fp32 and whose 4.3 MB of weights stay in L3 with
-    the cache (fp16 weights and cache overflow the VM's effective L3: 0.77 against 2.7 ms per
-    Transformer step). Torch: fp16 on a CPU with fbgemm (x86-64), fp32 elsewhere (GPUs, ARM)."""
+    NLL cost and speed against fp16 bench/decode.py --nll prints (its 4.3 MB of Transformer
+    weights stay in L3 with the cache, where fp16 weights and cache may not). Torch: fp16 on a
+    CPU with fbgemm (x86-64), fp32 elsewhere (GPUs, ARM)."""
     if kernel == "native":
         return "int8"
     if device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines:
         return "fp16"
     return "fp32"
-
-
-def resolve_kernel(kernel: str, device: torch.device, config: Any = None) -> str:
-    """"auto" -> "native" on a CPU where the native kernel builds (and runs a model of this
-    config, when given), else "torch"; "native" where it cannot run raises ValueError saying why."""
-    from daemon.native import native_unavailable, unsupported
-
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown decode kernel {kernel!r} (expected one of {list(KERNELS)})")
-    if kernel == "torch":
-        return kernel
-    if device.type != "cpu":
-        reason = f"the model is on {device}"
-    else:
-        reason = native_unavailable() or (unsupported(config) if config is not None else None)
-    if reason is None:
-        return "native"
-    if kernel == "native":
-        raise ValueError(f"decode kernel 'native' cannot run: {reason}")
-    log.info("decode kernel torch: native not used (%s)", reason)
-    return "torch"
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -136,13 +105,115 @@ def without_deprecation_warning(function: Callable[..., Any], *args: Any) -> Any
         return function(*args)
 
 
-def cached(model: nn.Module, precision: str, build: Callable[[str], Prepared]) -> Prepared:
-    """build(precision), reused while the parameters are unchanged: the key holds each parameter's
-    storage and version counter, so an optimizer step, load_state_dict or .to() rebuilds it
-    (parameters created under inference_mode have no version counter: only their storage counts)."""
-    key = tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in model.parameters())
-    prepared = model.__dict__.setdefault("_decode_cache", {})
-    if precision not in prepared or prepared[precision][0] != key:
-        with torch.no_grad():
-            prepared[precision] = (key, build(precision))
-    return prepared[precision][1]
+# The layout ------------------------------------------------------------------------------
+# An entry's `get` reads its tensors from the model: get(model) for a model-wide entry,
+# get(model, layer_index) for a per-layer one. Left out, it is the module of the entry's name
+# (model.<name>, or model.layers[i].<name>).
+
+
+@dataclass(frozen=True)
+class Linear:
+    """y = x W^T + b. Torch step: a DecodeLinear of the engine's precision. C step: `slots`
+    table entries, weight (fp32/fp16/int8 [out, in]), per-row scale (int8 only, else NULL), bias."""
+
+    name: str
+    get: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    slots: ClassVar[tuple[str, ...]] = ("weight", "scale", "bias")
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A LayerNorm's (weight, bias). Torch step: the pair for F.layer_norm. C step: two entries."""
+
+    name: str
+    get: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    slots: ClassVar[tuple[str, ...]] = ("weight", "bias")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A tensor read as it is (an embedding, a position table): one entry, fp32. `native`
+    re-lays it out for the C step where it reads it in another order than torch's step."""
+
+    name: str
+    get: Callable[..., torch.Tensor] | None = None
+    native: Callable[[torch.Tensor], torch.Tensor] | None = None
+    slots: ClassVar[tuple[str, ...]] = ("table",)
+
+
+Entry = Linear | Norm | Table
+
+
+@dataclass(frozen=True)
+class DecodeLayout:
+    """A model's decode weights, in the order the C step's table holds them: the model-wide
+    entries, then the per-layer entries once per layer (config.num_layers); and the config
+    sizes the C step reads (its <kind>_dims struct, then the weight format)."""
+
+    kind: str
+    dims: tuple[str, ...]
+    model: tuple[Entry, ...]
+    layer: tuple[Entry, ...]
+
+    def tensors(self, model: nn.Module) -> tuple[list[tuple[Entry, Any]], list[list[tuple[Entry, Any]]]]:
+        """([(entry, what get returns)] model-wide, the same per layer), read from `model`."""
+        def read(entry: Entry, *where: Any) -> Any:
+            if entry.get is not None:
+                return entry.get(model, *where)
+            module = getattr(model.layers[where[0]] if where else model, entry.name)
+            return module.weight if isinstance(entry, Table) else (module.weight, module.bias)
+
+        return ([(entry, read(entry)) for entry in self.model],
+                [[(entry, read(entry, index)) for entry in self.layer] for index in range(model.config.num_layers)])
+
+    @functools.cached_property
+    def torch_types(self) -> tuple[type, type]:
+        """The named tuples the torch step reads: model-wide entries plus `layers`, and one layer."""
+        return (namedtuple(f"{self.kind.title()}DecodeWeights", [e.name for e in self.model] + ["layers"]),
+                namedtuple(f"{self.kind.title()}DecodeLayer", [e.name for e in self.layer]))
+
+
+class DecodableModel(Protocol):
+    """What the engine needs of a model (TransformerModel, LSTMModel)."""
+
+    config: Any
+    DECODE_LAYOUT: ClassVar[DecodeLayout]
+
+    def init_state(self, device: torch.device, dtype: torch.dtype) -> Any: ...
+    def prefill(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
+    def decode_step(self, weights: Any, token: int, state: Any) -> tuple[torch.Tensor, Any]: ...
+
+
+class Decoder(NamedTuple):
+    """A prepared decode step: step(token, state) -> (logits [vocab], state), with `token` an int
+    inside the vocabulary, and new_state() the empty state prefill and step start from."""
+
+    step: Callable[[int, Any], tuple[torch.Tensor, Any]]
+    new_state: Callable[[], Any]
+
+
+def torch_weights(model: DecodableModel, precision: str) -> Any:
+    """The model's decode weights as its torch step reads them, in `precision`."""
+    layout = model.DECODE_LAYOUT
+
+    def prepared(entry: Entry, value: Any) -> Any:
+        if isinstance(entry, Linear):
+            return decode_linear(*value, precision)
+        # Copies: the step keeps the weights it was prepared with (DecodeLinears copy theirs).
+        if isinstance(entry, Norm):
+            return tuple(part.detach().clone() for part in value)
+        return value.detach().clone()
+
+    model_entries, layers = layout.tensors(model)
+    weights_type, layer_type = layout.torch_types
+    return weights_type(*(prepared(e, v) for e, v in model_entries),
+                        [layer_type(*(prepared(e, v) for e, v in layer)) for layer in layers])
+
+
+def torch_decoder(model: DecodableModel, precision: str) -> Decoder:
+    """The torch step on the model's current weights (prepared here, once)."""
+    with torch.no_grad():
+        weights = torch_weights(model, precision)
+    parameter = next(model.parameters())
+    return Decoder(functools.partial(model.decode_step, weights),
+                   functools.partial(model.init_state, parameter.device, parameter.dtype))

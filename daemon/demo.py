@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import mido
 
-from daemon.config import settings_from
+from daemon.config import Settings
 from daemon.jack_server import JackServer, jack_running, jackd_path
 from daemon.loopback import LoopbackPorts
 from daemon.midifile import read_midi, write_midi
@@ -53,7 +54,8 @@ TRANSPORT_WORDS = {
 }
 
 
-def run_demo(out_dir: str, weights: str, bpm: float, seed: int, requested: str) -> int:
+def run_demo(out_dir: str, settings: Settings, requested: str) -> int:
+    """The demo with these settings (its ports and MIDI system are the demo's own choice)."""
     from daemon.app import StartupError
 
     try:
@@ -65,21 +67,19 @@ def run_demo(out_dir: str, weights: str, bpm: float, seed: int, requested: str) 
     server = JackServer() if transport == "private-jack" else nullcontext()
     try:
         with server:
-            return asyncio.run(_duet(Path(out_dir), weights, bpm, seed, transport))
+            return asyncio.run(_duet(Path(out_dir), settings, transport))
     except StartupError as error:
         print(f"demo: {error}")
         return 1
 
 
-async def _duet(out_dir: Path, weights: str, bpm: float, seed: int, transport: str) -> int:
+async def _duet(out_dir: Path, settings: Settings, transport: str) -> int:
     from daemon.app import JamApp
 
     call, bars = read_midi(PHRASE)
     api = "alsa" if transport == "alsa" else "jack"
-    settings = settings_from({}, "demo", {
-        ("midi", "api"): api, ("midi", "virtual"): True, ("midi", "client_name"): "antiphon-demo",
-        ("model", "weights"): weights, ("tempo", "bpm"): bpm, ("jam", "seed"): seed,
-    })
+    settings = replace(settings, midi=replace(settings.midi, api=api, virtual=True, client_name="antiphon-demo"))
+    bpm = settings.tempo.bpm
     recorded: list[tuple[float, mido.Message]] = []
     def loopback(receive, on_event) -> LoopbackPorts:
         return LoopbackPorts(receive, on_event, on_output=lambda m, t: recorded.append((t, m)))

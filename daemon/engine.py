@@ -1,17 +1,20 @@
 """Incremental inference behind one interface for both models.
 
-The context rolls forever over the last 256 tokens. Measured with bench/rolling_context.py
-on the reference test files (mean NLL per token, streamed past position 256):
+The engine chooses the decode step once, when it is built: the kernel (native where it builds,
+else torch) and the precision of the weights; the models' steps are plain functions of
+(token, state) prepared from each model's DECODE_LAYOUT (decoding.py, native.py).
+
+The context rolls forever over the last 256 tokens:
 - Transformer: the cache slides (a ring of 256 slots, old keys kept as computed, distances from
-  absolute positions). Its NLL is within a hundredth of a nat of recomputing the full window
-  every step, at the cost of one step instead of a 256-token forward, so no periodic
-  re-prefill is done.
-- LSTM: (h, c) is carried forever; re-priming from the last 256 tokens gives the same NLL.
-The numbers behind this choice are in the README and printed by the script.
+  absolute positions), with no periodic re-prefill.
+- LSTM: (h, c) is carried forever.
+bench/rolling_context.py prints what each costs in NLL per token against recomputing the full
+window every step (the paper's method), and what re-prefilling / re-priming would change.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -19,17 +22,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from daemon import native
 from daemon.codec import BAR
-from daemon.decoding import automatic_precision, check_precision, resolve_kernel
+from daemon.decoding import DecodableModel, Decoder, automatic_precision, check_precision, torch_decoder
+from daemon.model import ModelConfig
 from daemon.weights import load_weights
 
+log = logging.getLogger("antiphon.engine")
+
 CONTEXT = 256
+# Which code runs a decode step: "torch" (the models' decode_step, any device and precision) or
+# "native" (daemon/native.py: the whole step as one C call, CPU only); both compute the same
+# function, bench/decode.py prints their latencies. "auto" = native where it builds.
+KERNELS = ("auto", "native", "torch")
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_kernel(kernel: str, device: torch.device, config: ModelConfig | None = None) -> str:
+    """"auto" -> "native" on a CPU where the native kernel builds (and runs a model of this
+    config, when given), else "torch"; "native" where it cannot run raises ValueError saying why."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown decode kernel {kernel!r} (expected one of {list(KERNELS)})")
+    if kernel == "torch":
+        return kernel
+    if device.type != "cpu":
+        reason = f"the model is on {device}"
+    else:
+        reason = native.native_unavailable() or (native.unsupported(config) if config is not None else None)
+    if reason is None:
+        return "native"
+    if kernel == "native":
+        raise ValueError(f"decode kernel 'native' cannot run: {reason}")
+    log.info("decode kernel torch: native not used (%s)", reason)
+    return "torch"
 
 
 class Engine:
@@ -37,7 +66,7 @@ class Engine:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: DecodableModel,
         device: torch.device | str | None = None,
         name: str = "",
         precision: str = "fp32",
@@ -45,8 +74,10 @@ class Engine:
     ) -> None:
         """precision of the weights in decode steps: "fp32" (exact, the default), or on CPU
         "fp16" / "int8" (half / a quarter of the bytes read per token; their NLL cost is printed
-        by bench/decode.py --nll), or "auto" (automatic_precision). kernel: decoding.KERNELS
-        (bench/decode.py prints every pair's latency). Prefill forwards stay torch fp32."""
+        by bench/decode.py --nll), or "auto" (automatic_precision). kernel: KERNELS
+        (bench/decode.py prints every pair's latency). Prefill forwards stay torch fp32.
+        The step is prepared from the model's weights here; after changing them in place, call
+        prepare()."""
         self.device = torch.device(device) if device is not None else default_device()
         self.kernel = resolve_kernel(kernel, self.device, model.config)
         if precision == "auto":
@@ -58,9 +89,18 @@ class Engine:
         self.name = name or self.kind
         self.window = getattr(model.config, "context", CONTEXT)
         self.context: deque[int] = deque(maxlen=self.window)
+        self.vocab_size: int = model.config.vocab_size
+        self._decoder: Decoder | None = None
         self._state = None
-        self._logits = np.zeros(model.config.vocab_size, dtype=np.float32)
+        self._logits = np.zeros(self.vocab_size, dtype=np.float32)
         self.position = 0
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Prepare the decode step from the model's current weights, and start afresh (reset)."""
+        with torch.inference_mode():
+            prepare = native.native_decoder if self.kernel == "native" else torch_decoder
+            self._decoder = prepare(self.model, self.precision)
         self.reset()
 
     @classmethod
@@ -79,7 +119,7 @@ class Engine:
         self.context.clear()
         self.position = 0
         with torch.inference_mode():
-            self._state = self.model.init_state(precision=self.precision, kernel=self.kernel)
+            self._state = self._decoder.new_state()
             tokens = list(tokens)[-self.window :]
             if tokens:
                 logits, self._state = self.model.prefill(self._tensor(tokens), self._state)
@@ -88,12 +128,16 @@ class Engine:
         self.position = len(tokens)
 
     def feed(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append tokens to the context; returns the next token's logits (also in .logits)."""
+        """Append tokens to the context; returns the next token's logits (also in .logits).
+        A token outside the vocabulary raises IndexError before the state moves on."""
+        step, vocab_size = self._decoder.step, self.vocab_size
         with torch.inference_mode():
-            native = self.kernel == "native"  # takes the token as an int: no tensor to build
             for token in tokens:
-                logits, self._state = self.model.step(token if native else self._tensor((token,)), self._state)
-                self.context.append(int(token))
+                token = int(token)
+                if not 0 <= token < vocab_size:  # the steps read the embedding row unchecked
+                    raise IndexError(f"token {token} is outside the vocabulary (0..{vocab_size - 1})")
+                logits, self._state = step(token, self._state)
+                self.context.append(token)
             if tokens:
                 self._logits = logits.float().cpu().numpy()
         self.position += len(tokens)

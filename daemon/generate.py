@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from daemon.codec import BAR, bar_times, decode, encode
+from daemon.config import MODEL_AND_SAMPLING, add_setting_flags, overrides_from, settings_from
 from daemon.engine import Engine
 from daemon.grammar import INITIAL, GrammarError, GrammarState, advance, next_mask, walk
 from daemon.midifile import MidiFileError, read_midi, write_midi
-from daemon.paths import shipped_weights
+from daemon.paths import weights_folder
 from daemon.pianoroll import write_piano_roll
 from daemon.sampling import make_generator, sample
 from daemon.weights import WeightsError
@@ -56,20 +57,27 @@ def _bar_start_covering(stream: Sequence[int], index: int) -> int:
     return times[-1] if times else 0
 
 
+# Where generate's defaults differ from the daemon's: exact fp32 decoding (an offline tool has
+# the time), and the tempo written to the MIDI file.
+DEFAULTS = {"model": {"precision": "fp32"}, "tempo": {"bpm": 120.0}}
+
+
 def run_generate(args: argparse.Namespace) -> int:
-    weights = Path(args.weights) if args.weights else shipped_weights("transformer")
+    settings = settings_from(DEFAULTS, "generate's defaults", overrides_from(args))  # ConfigError: the CLI's exit 2
+    model, jam = settings.model, settings.jam
     try:
-        engine = Engine.load(weights, args.device)
+        engine = Engine.load(weights_folder(model.weights), None if model.device == "auto" else model.device,
+                             precision=model.precision, kernel=model.kernel)
         primer = primer_tokens(args.prime)
         state = walk(primer, INITIAL)
     except (WeightsError, MidiFileError, GrammarError, ValueError) as error:
         print(f"antiphon generate: {error}", file=sys.stderr)
         return 2
     engine.reset(primer)
-    rng = make_generator(args.seed)
+    rng = make_generator(jam.seed if jam.seed >= 0 else None)
     new = continue_tokens(
         engine, state, tokens=args.tokens, bars=None if args.tokens else args.bars,
-        temperature=args.temperature, top_p=args.top_p, rng=rng,
+        temperature=jam.temperature, top_p=jam.top_p, rng=rng,
     )
     everything = primer + new
     notes = decode(everything)
@@ -79,7 +87,7 @@ def run_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = ([("primer", primed)] if primed else []) + [("generated", generated)]
-    write_midi(out, parts, bpm=args.bpm)
+    write_midi(out, parts, bpm=settings.tempo.bpm)
     picture = out.with_suffix(".png")
     write_piano_roll(picture, [(primed, "grey"), (generated, "blue")], bar_times(everything))
     print(f"wrote {out} and {picture}: {len(new)} tokens, {len(generated)} notes from {engine.name} ({engine.kind})")
@@ -88,15 +96,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="continue a primer and write MIDI plus a piano-roll PNG")
-    parser.add_argument("--weights", help="weights folder (default: the shipped Transformer)")
     parser.add_argument("--prime", help="a MIDI file whose last 256 tokens prime the model")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--bars", type=int, default=8, help="bars to generate (default 8)")
     length.add_argument("--tokens", type=int, help="tokens to generate instead of bars")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--bpm", type=float, default=120.0, help="tempo written to the MIDI file")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--out", required=True, help="MIDI file to write; the PNG goes beside it")
+    add_setting_flags(parser, MODEL_AND_SAMPLING, DEFAULTS)  # as `antiphon run` takes them
     parser.set_defaults(handler=run_generate)

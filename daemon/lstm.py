@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daemon import native
 from daemon.codec import VOCAB_SIZE
-from daemon.decoding import cached, decode_linear
+from daemon.decoding import DecodeLayout, Linear, Norm, Table
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,14 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
 class LSTMModel(nn.Module):
+    # The decode step's weights (decoding.DecodeLayout): both steps and the C table read these.
+    DECODE_LAYOUT = DecodeLayout(
+        kind="lstm",
+        dims=("embed_dim", "hidden_size", "num_layers", "fc1", "fc2", "vocab_size"),
+        model=(Table("embed"), Linear("fc1"), Norm("norm1"), Linear("fc2"), Norm("norm2"), Linear("head")),
+        layer=(Linear("cell", lambda model, i: model.cell_matrix(i)),),
+    )
+
     def __init__(self, config: LSTMConfig) -> None:
         super().__init__()
         self.config = config
@@ -64,74 +70,42 @@ class LSTMModel(nn.Module):
         hidden, state = self.lstm(self.embed(tokens), state)
         return self._head(hidden), state
 
-    # Incremental inference: the state is a tuple (h, c) of [layers, 1, hidden], plus the
-    # decode weights (prepared once per set of parameter values).
-    def init_state(self, precision: str = "fp32", kernel: str = "torch") -> LSTMDecodeState:
-        if kernel == "native":
-            step = cached(self, f"native-{precision}", lambda _: native.LSTMStep(self, precision))
-            return LSTMDecodeState(None, None, step)
-        return LSTMDecodeState(None, cached(self, precision, self._decode_weights))
+    # Incremental inference: the state is (h, c) of [layers, 1, hidden], None before the first
+    # token; the decode weights are DECODE_LAYOUT (above), prepared by the engine.
+    def init_state(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> LSTMState | None:
+        return None
 
     def cell_matrix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One LSTM layer as one matrix [W_ih | W_hh] on [x, h] and one summed bias."""
+        """One LSTM layer as one matrix [W_ih | W_hh] on [x, h] and one summed bias: one
+        matrix-vector product per layer and step."""
         lstm = self.lstm
         weight = torch.cat([getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")], 1)
         return weight.detach(), (getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")).detach()
 
-    def _decode_weights(self, precision: str) -> LSTMDecodeWeights:
-        # One matrix [W_ih | W_hh] per layer and one summed bias: one addmm on [x, h] per layer.
-        cells = [decode_linear(*self.cell_matrix(layer), precision) for layer in range(self.config.num_layers)]
-        return LSTMDecodeWeights(
-            self.embed.weight.detach(), cells,
-            decode_linear(self.fc1.weight, self.fc1.bias, precision), (self.norm1.weight.detach(), self.norm1.bias.detach()),
-            decode_linear(self.fc2.weight, self.fc2.bias, precision), (self.norm2.weight.detach(), self.norm2.bias.detach()),
-            decode_linear(self.head.weight, self.head.bias, precision),
-        )
-
-    def prefill(self, tokens: torch.Tensor, state: LSTMDecodeState) -> tuple[torch.Tensor, LSTMDecodeState]:
+    def prefill(self, tokens: torch.Tensor, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
         """tokens [T] -> (logits of the last token [vocab], state)."""
-        logits, carried = self.forward_with_state(tokens.view(1, -1), state.carried)
-        return logits[0, -1], state._replace(carried=carried)
+        logits, carried = self.forward_with_state(tokens.view(1, -1), state)
+        return logits[0, -1], carried
 
-    def step(self, token: torch.Tensor, state: LSTMDecodeState) -> tuple[torch.Tensor, LSTMDecodeState]:
-        """token LongTensor [1] -> (logits [vocab], state).
+    def decode_step(self, weights: Any, token: int, carried: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
+        """(torch_weights of DECODE_LAYOUT, token, (h, c)) -> (logits [vocab], new (h, c)).
 
         The cell is written out (one addmm on [x, h] with pre-concatenated weights, then the
-        gates): 3.6 ms against 4.8 ms with torch._VF.lstm_cell per layer in an interleaved A/B
-        on the loaded dev VM; nn.LSTM on one step costs several times more."""
-        if state.native is not None:
-            logits, carried = state.native(token, state.carried)
-            return logits, state._replace(carried=carried)
-        weights = state.weights
-        if state.carried is None:
+        gates): fewer torch calls than torch._VF.lstm_cell per layer, and nn.LSTM on one step
+        costs several times more (bench/decode.py prints the step's latency)."""
+        if carried is None:
             zeros = weights.embed.new_zeros(self.config.num_layers, 1, self.config.hidden_size)
             previous_h, previous_c = zeros, zeros
         else:
-            previous_h, previous_c = state.carried
-        x = F.embedding(token, weights.embed)
+            previous_h, previous_c = carried
+        x = weights.embed.narrow(0, token, 1)
         hs, cs = [], []
-        for cell, h, c in zip(weights.cells, previous_h, previous_c):
-            input_gate, forget_gate, cell_gate, output_gate = cell(torch.cat([x, h], 1)).chunk(4, 1)
+        for layer, h, c in zip(weights.layers, previous_h, previous_c):
+            input_gate, forget_gate, cell_gate, output_gate = layer.cell(torch.cat([x, h], 1)).chunk(4, 1)
             c = torch.addcmul(forget_gate.sigmoid_().mul_(c), input_gate.sigmoid_(), cell_gate.tanh_())
             x = output_gate.sigmoid_().mul_(c.tanh())
             hs.append(x)
             cs.append(c)
         x = F.relu(F.layer_norm(weights.fc1(x), self.norm1.normalized_shape, *weights.norm1))
         x = F.relu(F.layer_norm(weights.fc2(x), self.norm2.normalized_shape, *weights.norm2))
-        return weights.head(x).view(-1), LSTMDecodeState((torch.stack(hs), torch.stack(cs)), weights)
-
-
-class LSTMDecodeWeights(NamedTuple):
-    embed: torch.Tensor
-    cells: list[Callable[[torch.Tensor], torch.Tensor]]
-    fc1: Callable[[torch.Tensor], torch.Tensor]
-    norm1: tuple[torch.Tensor, torch.Tensor]
-    fc2: Callable[[torch.Tensor], torch.Tensor]
-    norm2: tuple[torch.Tensor, torch.Tensor]
-    head: Callable[[torch.Tensor], torch.Tensor]
-
-
-class LSTMDecodeState(NamedTuple):
-    carried: LSTMState | None  # (h, c) of [layers, 1, hidden]; None before the first token
-    weights: LSTMDecodeWeights | None  # for the torch step
-    native: native.LSTMStep | None = None  # the native step that replaces it
+        return weights.head(x).view(-1), (torch.stack(hs), torch.stack(cs))

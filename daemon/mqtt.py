@@ -3,7 +3,8 @@
 Topics under the configured prefix:
   <prefix>/status        retained "online" / "offline" (Last Will), Home Assistant's payloads
   <prefix>/state         retained JSON state document, republished on change and on reconnect
-  <prefix>/set/<setting> temperature, top_p, bpm, answer_bars, weights (plain or JSON payload)
+  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, answer_bars,
+                         weights), plain or JSON payload
   <prefix>/cmd/<action>  pause, resume, panic (payload ignored)
   <prefix>/event         JSON events (answer started/finished, port lost/regained)
   <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
@@ -18,13 +19,14 @@ import asyncio
 import inspect
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiomqtt
+
+from daemon.config import LIVE_SETTINGS, finite_number
 
 __all__ = ["MqttBridge", "stop_bridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
 
@@ -43,16 +45,11 @@ OFFLINE_PUBLISH_TIMEOUT_S = 1.0
 STOP_PATIENCE_S = OFFLINE_PUBLISH_TIMEOUT_S + 0.5
 EVENT_QUEUE_SIZE = 1024
 
-# The setting's type on the wire; the app checks ranges and the weights folder.
-SETTINGS: dict[str, type] = {
-    "temperature": float,
-    "top_p": float,
-    "bpm": float,
-    "answer_bars": int,
-    "weights": str,
-}
-# The issue's spelling of the settings, accepted next to the state document's keys.
-SETTING_ALIASES = {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars", "answer-length": "answer_bars"}
+# The live settings and their type on the wire (declared in config.py); the app checks ranges
+# and the weights folder.
+SETTINGS: dict[str, type] = {name: setting.type for name, setting in LIVE_SETTINGS.items()}
+# Other spellings of the settings (config.py's mqtt=...), accepted next to the state document's keys.
+SETTING_ALIASES = {alias: name for name, setting in LIVE_SETTINGS.items() for alias in setting.aliases}
 ACTIONS = ("pause", "resume", "panic")
 
 
@@ -87,21 +84,21 @@ class CommandError(ValueError):
 
 
 def _number(value: Any, integer: bool) -> float | int:
-    """A JSON value or a plain payload's text as a finite number (a whole one if `integer`)."""
+    """A JSON value or a plain payload's text as a finite number (a whole one if `integer`),
+    checked by the config's own check (config.finite_number); ranges are the app's business."""
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
             raise CommandError(f"expected a number, got {value.strip()[:40]!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CommandError(f"expected a number, got JSON {type(value).__name__}")
-    if not math.isfinite(value):
-        raise CommandError(f"expected a finite number, got {value}")
-    if integer:
-        if float(value) != int(value):
-            raise CommandError(f"expected a whole number, got {value}")
-        return int(value)
-    return float(value)
+    try:
+        return finite_number(value, integer)
+    except ValueError as error:
+        reason = str(error)
+        if reason == "out of range":
+            raise CommandError(reason) from None
+        got = f"JSON {type(value).__name__}" if reason == "not a number" else f"{value}"
+        raise CommandError(f"expected {reason.removeprefix('not ')}, got {got}") from None
 
 
 def parse_setting(name: str, text: str) -> Any:

@@ -1,9 +1,13 @@
 /* One decode step of each model in plain C: what daemon/transformer.py and daemon/lstm.py
- * step() compute, without a torch call per op.
+ * decode_step() compute, without a torch call per op.
  *
- * Why it exists: a decode step is ~30 tiny matrix-vector products and ~200 small ops; on the
- * 2-core dev VM each torch call costs 3-8 us before doing any work, which is most of the
- * Transformer's 2.3 ms step. Here the whole step is one call from Python.
+ * Why it exists: a decode step is ~30 tiny matrix-vector products and ~200 small ops, and each
+ * torch call costs microseconds of dispatch before doing any work (bench/decode.py prints the
+ * two steps side by side). Here the whole step is one call from Python.
+ *
+ * The weights come as one table of pointers in the order of the model's DECODE_LAYOUT; the
+ * offsets (TRANSFORMER_*, LSTM_*), the dims structs and the formats are native_layout.h,
+ * generated from that layout by daemon/native.py at build time.
  *
  * Built on the machine that runs it (daemon/native.py: cc -O3 -march=native), x86-64 with
  * AVX2, FMA and F16C only; anything else falls back to the torch step.
@@ -15,11 +19,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "native_layout.h"
+
 #if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
 #error "native decode needs AVX2, FMA and F16C"
 #endif
 
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 
 int antiphon_native_abi(void) { return ABI_VERSION; }
 
@@ -56,9 +62,7 @@ static inline float sum8(__m256 v) {
     return _mm_cvtss_f32(_mm_hadd_ps(s, s));
 }
 
-/* Weight formats: fp32, fp16, or int8 with one fp32 scale per output row. */
-enum { FORMAT_FP32, FORMAT_FP16, FORMAT_INT8 };
-
+/* Weight formats (FORMAT_*): fp32, fp16, or int8 with one fp32 scale per output row. */
 static inline __m256 load_weights8(const void *w, int format, size_t index) {
     if (format == FORMAT_FP16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + index)));
     return _mm256_loadu_ps((const float *)w + index);
@@ -79,9 +83,9 @@ static inline void store1(void *p, int half, size_t index, float value) {
     else ((float *)p)[index] = value;
 }
 
-/* Largest input width of a linear (native.py checks it): the int8 path's quantised row and
- * its int32 sums (at most 127 * 4095 * 2 per pair, MAX_WIDTH / 8 pairs per lane) fit. */
-#define MAX_WIDTH 4096
+/* MAX_WIDTH, the largest input width of a linear (native.py checks it): the int8 path's
+ * quantised row and its int32 sums (at most 127 * 4095 * 2 per pair, MAX_WIDTH / 8 pairs per
+ * lane) fit. */
 
 static inline __m128 sum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
@@ -120,12 +124,13 @@ static void gemv_int8(const int8_t *w, const float *scale, const float *b, const
     }
 }
 
-/* y = W x + b (W [n, k], k a multiple of 8), four rows at a time so each load of x serves four. */
+/* y = W x + b (W [n, k], k a multiple of 8), four rows at a time so each load of x serves four.
+ * `linear` points at a Linear's LINEAR_* entries. */
 static void gemv(const void *const *linear, int format, const float *x, float *y, int n, int k) {
-    const void *w = linear[0];
-    const float *b = linear[2];
+    const void *w = linear[LINEAR_WEIGHT];
+    const float *b = linear[LINEAR_BIAS];
     if (format == FORMAT_INT8) {
-        gemv_int8(w, linear[1], b, x, y, n, k);
+        gemv_int8(w, linear[LINEAR_SCALE], b, x, y, n, k);
         return;
     }
     int row = 0;
@@ -175,43 +180,38 @@ static void relu(float *x, int n) {
 
 /* ---- Transformer ----------------------------------------------------------------------- */
 
-/* A linear is three table entries: weight, per-row scale (int8 only, else NULL), bias. */
-enum { T_D_MODEL, T_HEADS, T_HEAD_DIM, T_D_FF, T_LAYERS, T_CONTEXT, T_VOCAB, T_FORMAT, T_DIMS };
-enum { T_EMBED, T_HEAD = 1, T_GLOBALS = 4 };
-enum { L_QKV = 0, L_RELATIVE = 3, L_PROJ = 4, L_NORM1_W = 7, L_NORM1_B, L_FF1, L_FF2 = 12,
-       L_NORM2_W = 15, L_NORM2_B, L_PER_LAYER };
-
-/* Scratch floats the Transformer step needs (Python allocates them once). */
-int transformer_scratch_size(const int *dims) {
-    return 6 * dims[T_D_MODEL] + dims[T_D_FF] + (dims[T_HEADS] + 1) * dims[T_CONTEXT];
+/* Scratch floats the Transformer step needs (Python allocates them). */
+int transformer_scratch_size(const struct transformer_dims *dims) {
+    return 6 * dims->d_model + dims->d_ff + (dims->num_heads + 1) * dims->context;
 }
 
 /* One token through every layer, appending its key/value at `slot` of the ring cache.
- * keys[layer] is [heads, head_dim, context] (transposed: scores vectorise over slots),
- * values[layer] [heads, context, head_dim], both fp16 when the weights are (at a full context
+ * keys is [layers, heads, head_dim, context] (transposed: scores vectorise over slots),
+ * values [layers, heads, context, head_dim], both fp16 when the weights are (at a full context
  * the cache is a third of the bytes a step reads). Slots 0..used-1 are attended; each slot's relative
  * embedding is row first + s of the layer's rotated table, stored transposed
  * [head_dim, 2 * context] (see rotated_relative in transformer.py). Query rows of the QKV
  * matrix come pre-scaled by 1/sqrt(head_dim). RealFormer: scores accumulate across layers. */
-void transformer_step(const int *dims, const void *const *weights, void *const *keys, void *const *values,
+void transformer_step(const struct transformer_dims *dims, const void *const *weights, void *keys, void *values,
                       float *scratch, int token, int slot, int used, float *logits) {
-    const int width = dims[T_D_MODEL], heads = dims[T_HEADS], head_dim = dims[T_HEAD_DIM];
-    const int d_ff = dims[T_D_FF], context = dims[T_CONTEXT], format = dims[T_FORMAT];
+    const int width = dims->d_model, heads = dims->num_heads, head_dim = dims->head_dim;
+    const int d_ff = dims->d_ff, context = dims->context, format = dims->format;
     const int half = format != FORMAT_FP32;  /* the cache's precision */
+    const size_t layer_size = (size_t)heads * head_dim * context * (half ? 2 : 4);  /* bytes per layer */
     const int first = context - 1 - slot;
     const unsigned int csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040);  /* flush denormals to zero */
     float *x = scratch, *qkv = x + width, *attended = qkv + 3 * width, *out = attended + width;
     float *hidden = out + width, *scores = hidden + d_ff, *probabilities = scores + heads * context;
-    const float *embed = (const float *)weights[T_EMBED] + (size_t)token * width;
+    const float *embed = (const float *)weights[TRANSFORMER_EMBED] + (size_t)token * width;
     for (int i = 0; i < width; i++) x[i] = embed[i];
     for (int i = 0; i < heads * context; i++) scores[i] = 0.0f;
 
-    for (int layer = 0; layer < dims[T_LAYERS]; layer++) {
-        const void *const *w = weights + T_GLOBALS + layer * L_PER_LAYER;
-        const float *relative = (const float *)w[L_RELATIVE];
-        void *layer_keys = keys[layer], *layer_values = values[layer];
-        gemv(w + L_QKV, format, x, qkv, 3 * width, width);
+    for (int layer = 0; layer < dims->num_layers; layer++) {
+        const void *const *w = weights + TRANSFORMER_MODEL_ENTRIES + layer * TRANSFORMER_LAYER_ENTRIES;
+        const float *relative = (const float *)w[TRANSFORMER_LAYER_RELATIVE];
+        void *layer_keys = (char *)keys + layer * layer_size, *layer_values = (char *)values + layer * layer_size;
+        gemv(w + TRANSFORMER_LAYER_QKV, format, x, qkv, 3 * width, width);
         for (int h = 0; h < heads; h++) {
             const float *q = qkv + h * head_dim, *k = qkv + width + h * head_dim, *v = qkv + 2 * width + h * head_dim;
             const size_t head_offset = (size_t)h * head_dim * context;  /* of keys and values alike */
@@ -265,44 +265,41 @@ void transformer_step(const int *dims, const void *const *weights, void *const *
             if (head_dim > 16) _mm256_storeu_ps(head_out + 16, _mm256_mul_ps(a2, inverse));
             if (head_dim > 24) _mm256_storeu_ps(head_out + 24, _mm256_mul_ps(a3, inverse));
         }
-        gemv(w + L_PROJ, format, attended, out, width, width);
-        add_layer_norm(x, out, w[L_NORM1_W], w[L_NORM1_B], width);
-        gemv(w + L_FF1, format, x, hidden, d_ff, width);
+        const void *const *norm1 = w + TRANSFORMER_LAYER_NORM1, *const *norm2 = w + TRANSFORMER_LAYER_NORM2;
+        gemv(w + TRANSFORMER_LAYER_PROJ, format, attended, out, width, width);
+        add_layer_norm(x, out, norm1[NORM_WEIGHT], norm1[NORM_BIAS], width);
+        gemv(w + TRANSFORMER_LAYER_FF1, format, x, hidden, d_ff, width);
         relu(hidden, d_ff);
-        gemv(w + L_FF2, format, hidden, out, width, d_ff);
-        add_layer_norm(x, out, w[L_NORM2_W], w[L_NORM2_B], width);
+        gemv(w + TRANSFORMER_LAYER_FF2, format, hidden, out, width, d_ff);
+        add_layer_norm(x, out, norm2[NORM_WEIGHT], norm2[NORM_BIAS], width);
     }
-    gemv(weights + T_HEAD, format, x, logits, dims[T_VOCAB], width);
+    gemv(weights + TRANSFORMER_HEAD, format, x, logits, dims->vocab_size, width);
     _mm_setcsr(csr);
 }
 
 /* ---- LSTM ------------------------------------------------------------------------------ */
 
-enum { M_EMBED_DIM, M_HIDDEN, M_LAYERS, M_FC1_SIZE, M_FC2_SIZE, M_VOCAB, M_FORMAT, M_DIMS };
-enum { M_EMBED, M_FC1 = 1, M_NORM1_W = 4, M_NORM1_B, M_FC2, M_NORM2_W = 9, M_NORM2_B, M_HEAD, M_GLOBALS = 14 };
-enum { C_CELL = 0, C_PER_LAYER = 3 };
-
-int lstm_scratch_size(const int *dims) {
-    int input = dims[M_EMBED_DIM] > dims[M_HIDDEN] ? dims[M_EMBED_DIM] : dims[M_HIDDEN];
-    return input + dims[M_HIDDEN] + 4 * dims[M_HIDDEN] + dims[M_FC1_SIZE] + dims[M_FC2_SIZE];
+int lstm_scratch_size(const struct lstm_dims *dims) {
+    int input = dims->embed_dim > dims->hidden_size ? dims->embed_dim : dims->hidden_size;
+    return input + dims->hidden_size + 4 * dims->hidden_size + dims->fc1 + dims->fc2;
 }
 
 /* One token through both cells (each one matrix [W_ih | W_hh] on [x, h] and a summed bias,
  * gates in torch's order i, f, g, o), updating h and c ([layers, hidden]) in place, then the
  * head: fc1 -> LayerNorm -> ReLU -> fc2 -> LayerNorm -> ReLU -> linear. */
-void lstm_step(const int *dims, const void *const *weights, float *h, float *c, float *scratch, int token,
+void lstm_step(const struct lstm_dims *dims, const void *const *weights, float *h, float *c, float *scratch, int token,
                float *logits) {
-    const int hidden = dims[M_HIDDEN], format = dims[M_FORMAT];
-    int input = dims[M_EMBED_DIM];
+    const int hidden = dims->hidden_size, format = dims->format;
+    int input = dims->embed_dim;
     float *joined = scratch, *gates = joined + (input > hidden ? input : hidden) + hidden;
-    float *fc1 = gates + 4 * hidden, *fc2 = fc1 + dims[M_FC1_SIZE];
-    const float *embed = (const float *)weights[M_EMBED] + (size_t)token * input;
+    float *fc1 = gates + 4 * hidden, *fc2 = fc1 + dims->fc1;
+    const float *embed = (const float *)weights[LSTM_EMBED] + (size_t)token * input;
     for (int i = 0; i < input; i++) joined[i] = embed[i];
-    for (int layer = 0; layer < dims[M_LAYERS]; layer++) {
-        const void *const *w = weights + M_GLOBALS + layer * C_PER_LAYER;
+    for (int layer = 0; layer < dims->num_layers; layer++) {
+        const void *const *w = weights + LSTM_MODEL_ENTRIES + layer * LSTM_LAYER_ENTRIES;
         float *layer_h = h + (size_t)layer * hidden, *layer_c = c + (size_t)layer * hidden;
         for (int i = 0; i < hidden; i++) joined[input + i] = layer_h[i];
-        gemv(w + C_CELL, format, joined, gates, 4 * hidden, input + hidden);
+        gemv(w + LSTM_LAYER_CELL, format, joined, gates, 4 * hidden, input + hidden);
         for (int i = 0; i < hidden; i += 8) {
             __m256 in = sigmoid8(_mm256_loadu_ps(gates + i));
             __m256 forget = sigmoid8(_mm256_loadu_ps(gates + hidden + i));
@@ -315,11 +312,12 @@ void lstm_step(const int *dims, const void *const *weights, float *h, float *c, 
         for (int i = 0; i < hidden; i++) joined[i] = layer_h[i];
         input = hidden;
     }
-    gemv(weights + M_FC1, format, joined, fc1, dims[M_FC1_SIZE], hidden);
-    add_layer_norm(fc1, NULL, weights[M_NORM1_W], weights[M_NORM1_B], dims[M_FC1_SIZE]);
-    relu(fc1, dims[M_FC1_SIZE]);
-    gemv(weights + M_FC2, format, fc1, fc2, dims[M_FC2_SIZE], dims[M_FC1_SIZE]);
-    add_layer_norm(fc2, NULL, weights[M_NORM2_W], weights[M_NORM2_B], dims[M_FC2_SIZE]);
-    relu(fc2, dims[M_FC2_SIZE]);
-    gemv(weights + M_HEAD, format, fc2, logits, dims[M_VOCAB], dims[M_FC2_SIZE]);
+    const void *const *norm1 = weights + LSTM_NORM1, *const *norm2 = weights + LSTM_NORM2;
+    gemv(weights + LSTM_FC1, format, joined, fc1, dims->fc1, hidden);
+    add_layer_norm(fc1, NULL, norm1[NORM_WEIGHT], norm1[NORM_BIAS], dims->fc1);
+    relu(fc1, dims->fc1);
+    gemv(weights + LSTM_FC2, format, fc1, fc2, dims->fc2, dims->fc1);
+    add_layer_norm(fc2, NULL, norm2[NORM_WEIGHT], norm2[NORM_BIAS], dims->fc2);
+    relu(fc2, dims->fc2);
+    gemv(weights + LSTM_HEAD, format, fc2, logits, dims->vocab_size, dims->fc2);
 }

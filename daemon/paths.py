@@ -14,3 +14,11 @@ def shipped_weights(kind: str = "transformer") -> Path:
     if kind not in KINDS:
         raise ValueError(f"no shipped weights of kind {kind!r} (expected one of {KINDS})")
     return WEIGHTS_ROOT / kind
+
+
+def weights_folder(weights: str) -> Path:
+    """A shipped model by name (found beside the package, so an editable install works, from any
+    working folder) or a folder; what every command's --weights means."""
+    if weights in KINDS:
+        return shipped_weights(weights)
+    return Path(weights).expanduser()

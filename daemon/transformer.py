@@ -14,17 +14,15 @@ ring order (see rotated_relative).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from daemon import native
 from daemon.codec import VOCAB_SIZE
-from daemon.decoding import cached, decode_linear
+from daemon.decoding import DecodeLayout, Linear, Norm, Table
 
 
 @dataclass(frozen=True)
@@ -90,6 +88,20 @@ class AttentionLayer(nn.Module):
 
 
 class TransformerModel(nn.Module):
+    # The decode step's weights (decoding.DecodeLayout): both steps and the C table read these.
+    DECODE_LAYOUT = DecodeLayout(
+        kind="transformer",
+        dims=("d_model", "num_heads", "head_dim", "d_ff", "num_layers", "context", "vocab_size"),
+        model=(Table("embed"), Linear("head")),
+        layer=(
+            Linear("qkv", lambda model, i: model.layers[i].scaled_qkv()),
+            # The C step streams each of head_dim rows over the slots: it reads the table transposed.
+            Table("relative", lambda model, i: rotated_relative(model.layers[i].relative.detach(), model.config.context),
+                  native=lambda table: table.t()),
+            Linear("proj"), Norm("norm1"), Linear("ff1"), Linear("ff2"), Norm("norm2"),
+        ),
+    )
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
@@ -115,64 +127,34 @@ class TransformerModel(nn.Module):
         """tokens [B, T] (T <= context) -> logits [B, T, vocab]."""
         return self._run(tokens)[0]
 
-    # Incremental inference --------------------------------------------------------------
-    def init_state(
-        self, device: torch.device | str | None = None, precision: str = "fp32", kernel: str = "torch"
-    ) -> KVCache:
-        """An empty cache, holding the decode weights (prepared once per set of parameter values)
-        for the torch step, or the native step (kernel "native", daemon/native.py) that replaces it."""
-        device = torch.device(device) if device is not None else self.head.weight.device
-        if kernel == "native":
-            step = cached(self, f"native-{precision}", lambda _: native.TransformerStep(self, precision))
-            return KVCache(self.config, device, step.cache_dtype, None, step)
-        weights = cached(self, precision, self._decode_weights)
-        return KVCache(self.config, device, self.head.weight.dtype, weights)
-
-    def _decode_weights(self, precision: str) -> DecodeWeights:
-        context = self.config.context
-        layers = []
-        for layer in self.layers:
-            qkv_weight, qkv_bias = layer.scaled_qkv()
-            layers.append(DecodeLayer(
-                decode_linear(qkv_weight, qkv_bias, precision),
-                rotated_relative(layer.relative.detach(), context),
-                decode_linear(layer.proj.weight, layer.proj.bias, precision),
-                (layer.norm1.weight.detach(), layer.norm1.bias.detach()),
-                decode_linear(layer.ff1.weight, layer.ff1.bias, precision),
-                decode_linear(layer.ff2.weight, layer.ff2.bias, precision),
-                (layer.norm2.weight.detach(), layer.norm2.bias.detach()),
-            ))
-        return DecodeWeights(self.embed.weight.detach(), layers, decode_linear(self.head.weight, self.head.bias, precision))
+    # Incremental inference: the decode weights are DECODE_LAYOUT (above), prepared by the engine.
+    def init_state(self, device: torch.device, dtype: torch.dtype) -> KVCache:
+        """An empty cache; dtype is the step's (fp16 for the native step's reduced precisions)."""
+        return KVCache(self.config, device, dtype)
 
     def prefill(self, tokens: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """Feed tokens [T]: one full forward into an empty cache, steps into a filled one."""
+        """Feed tokens [T] (T <= context) into an empty cache: one full forward."""
         if state.filled or tokens.numel() > self.config.context:
-            logits = None
-            for token in tokens.view(-1, 1):
-                logits, state = self.step(token, state)
-            return logits, state
+            raise ValueError(f"prefill needs an empty cache and at most {self.config.context} tokens")
         logits, cache, _ = self._run(tokens.view(1, -1))
         state.load(cache)
         return logits[0, -1], state
 
-    def step(self, token: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """token LongTensor [1] -> (logits [vocab], state). The cache is updated in place.
+    def decode_step(self, weights: Any, token: int, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """(torch_weights of DECODE_LAYOUT, token) -> (logits [vocab], state); the cache is updated in place.
 
         Written for few ops per layer (13 plus a few views; narrow/select/unbind rather than
-        tensor[...] indexing, which costs several more us per call): each torch call costs ~3-8 us
-        on the dev VM, which at 8 layers is the same order as reading the weights. Keys are
-        cached transposed ([H, d, slots]): q.K^T on that layout took 8 us against 42 us on
-        [H, slots, d]."""
-        if state.native is not None:
-            return state.native(token, state), state
+        tensor[...] indexing, which costs several more us per call): each torch call's dispatch
+        costs about as much as a small matrix read (bench/decode.py prints the step's latency
+        against the native one's). Keys are cached transposed ([H, d, slots]): q.K^T then reads
+        each key row contiguously."""
         slot, used = state.advance()
-        weights = state.weights
         width = self.config.d_model
         heads = self.config.num_heads
         shape = (width,)
         # Rows first .. first+used of the rotated table are E[distance] of slots 0..used-1.
         first = self.config.context - 1 - slot
-        x = F.embedding(token, weights.embed)  # [1, D]
+        x = weights.embed.narrow(0, token, 1)  # [1, D]
         scores = None
         for layer, keys, values in zip(weights.layers, state.keys, state.values):
             q, key, value = layer.qkv(x).view(3, heads, -1).unbind(0)  # q already scaled
@@ -197,45 +179,21 @@ def rotated_relative(relative: torch.Tensor, context: int) -> torch.Tensor:
     return torch.cat([clipped.flip(0), clipped.flip(0)]).contiguous()
 
 
-class DecodeLayer(NamedTuple):
-    qkv: Callable[[torch.Tensor], torch.Tensor]
-    relative: torch.Tensor
-    proj: Callable[[torch.Tensor], torch.Tensor]
-    norm1: tuple[torch.Tensor, torch.Tensor]
-    ff1: Callable[[torch.Tensor], torch.Tensor]
-    ff2: Callable[[torch.Tensor], torch.Tensor]
-    norm2: tuple[torch.Tensor, torch.Tensor]
-
-
-class DecodeWeights(NamedTuple):
-    embed: torch.Tensor
-    layers: list[DecodeLayer]
-    head: Callable[[torch.Tensor], torch.Tensor]
-
-
 class KVCache:
     """A static key/value cache of `context` slots per layer, used as a ring once full.
 
     Slot order does not matter to attention (softmax over a set); what matters is each slot's
     distance to the new token: (slot of the new token - slot) mod context, clipped."""
 
-    def __init__(
-        self,
-        config: TransformerConfig,
-        device: torch.device,
-        dtype: torch.dtype,
-        weights: DecodeWeights | None,
-        native: native.TransformerStep | None = None,
-    ) -> None:
-        keys = (config.num_heads, config.head_dim, config.context)  # transposed, see step()
-        values = (config.num_heads, config.context, config.head_dim)
-        self.keys = [torch.zeros(keys, device=device, dtype=dtype) for _ in range(config.num_layers)]
-        self.values = [torch.zeros(values, device=device, dtype=dtype) for _ in range(config.num_layers)]
-        self.context = config.context
-        self.device = device
-        self.weights = weights
-        self.native = native
-        self.native_tables = None  # the native step's pointers to keys/values, made on first use
+    def __init__(self, config: TransformerConfig, device: torch.device, dtype: torch.dtype) -> None:
+        # One block per kind for all layers (the C step takes each as one pointer); keys
+        # transposed, see decode_step.
+        layers, heads, head_dim, context = config.num_layers, config.num_heads, config.head_dim, config.context
+        self.key_store = torch.zeros((layers, heads, head_dim, context), device=device, dtype=dtype)
+        self.value_store = torch.zeros((layers, heads, context, head_dim), device=device, dtype=dtype)
+        self.keys = list(self.key_store.unbind(0))
+        self.values = list(self.value_store.unbind(0))
+        self.context = context
         self.position = 0  # absolute position of the next token
 
     @property

@@ -7,6 +7,8 @@ import socket
 from dataclasses import fields
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.cli import build_parser, main
 from daemon.config import (
@@ -125,3 +127,57 @@ def test_with_setting_checks_like_the_file():
     with pytest.raises(ConfigError, match="temperature"):
         with_setting(settings, "jam", "temperature", 9)
     assert toml_key("midi", "input") == "in"
+
+
+def test_live_settings_and_their_mqtt_names_come_from_the_declarations():
+    from daemon.config import LIVE_SETTINGS
+    from daemon.mqtt import SETTING_ALIASES, SETTINGS
+
+    declared = {(section, spec.name) for section, cls in SECTIONS.items() for spec in fields(cls) if spec.metadata["live"]}
+    assert {(s.section, name) for name, s in LIVE_SETTINGS.items()} == declared == {
+        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("jam", "answer_bars"), ("model", "weights")}
+    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "answer_bars": int, "weights": str}
+    assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars",
+                               "answer-length": "answer_bars"}
+
+
+JSON_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.integers(min_value=2**63, max_value=10**400),
+    st.booleans(), st.none(), st.text(max_size=3), st.lists(st.integers(), max_size=2),
+)
+
+
+@given(value=JSON_VALUES, name=st.sampled_from(["temperature", "answer_bars", "bpm"]))
+def test_mqtt_accepts_a_number_exactly_when_the_setting_would(value, name):
+    """MQTT parses a payload with the config's own number check; the range is then the app's."""
+    import json
+
+    from daemon.config import LIVE_SETTINGS
+    from daemon.mqtt import CommandError, parse_setting
+
+    section = LIVE_SETTINGS[name].section
+    settings = settings_from({}, "defaults")
+    payload = json.dumps(value)
+    try:
+        direct = getattr(with_setting(settings, section, name, value), section)
+    except ConfigError:
+        direct = None
+    try:
+        parsed = parse_setting(name, payload)
+    except CommandError:
+        assert direct is None
+        return
+    if isinstance(value, str):  # a JSON string: its text is read as a number, as a plain payload is
+        return
+    try:
+        via_mqtt = getattr(with_setting(settings, section, name, parsed), section)
+    except ConfigError:  # out of range: the app's answer
+        via_mqtt = None
+    assert via_mqtt == direct
+
+
+def test_a_number_past_every_float_is_out_of_range_not_a_crash():
+    settings = settings_from({}, "defaults")
+    for name, section in (("temperature", "jam"), ("answer_bars", "jam")):
+        with pytest.raises(ConfigError, match="out of range"):
+            with_setting(settings, section, name, 10**400)

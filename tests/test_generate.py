@@ -1,7 +1,10 @@
 """`antiphon generate` end to end: a real process writes a MIDI file and a piano roll."""
 
+import argparse
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mido
 import pytest
@@ -24,9 +27,14 @@ def weights(tmp_path_factory):
     return folder
 
 
-def generate(*args):
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(*args, cwd=None):
     command = [sys.executable, "-m", "daemon.cli", "generate", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # This checkout's package from any working folder, as an installed `antiphon` finds its own.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
 def test_generate_unconditionally_writes_midi_and_png(weights, tmp_path):
@@ -63,3 +71,29 @@ def test_bad_weights_and_bad_primer_are_named_without_a_traceback(weights, tmp_p
     bad.write_bytes(b"MThd garbage")
     result = generate("--weights", weights, "--prime", bad, "--out", tmp_path / "y.mid")
     assert result.returncode == 2 and "bad.mid: not a readable MIDI file" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_a_shipped_model_by_name_from_any_folder(kind, tmp_path):
+    result = generate("--weights", kind, "--tokens", 24, "--seed", 2, "--out", "song.mid", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"from {ROOT / 'weights' / kind} ({kind})" in result.stdout
+    assert (tmp_path / "song.mid").is_file()
+
+
+def test_model_and_sampling_flags_are_the_daemons(tmp_path, capsys):
+    from daemon.cli import build_parser, main
+    from daemon.config import MODEL_AND_SAMPLING
+
+    def flags(command):
+        subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        parser = subcommands.choices[command]
+        return {action.dest: (tuple(action.option_strings), action.help.split(" (")[0]) for action in parser._actions
+                if action.dest.startswith("set:")}
+
+    run = flags("run")
+    wanted = {f"set:{section}:{name}" for section, name in MODEL_AND_SAMPLING}
+    for command in ("generate", "demo"):
+        assert flags(command) == {dest: run[dest] for dest in wanted}
+    assert main(["generate", "--temperature", "9", "--out", str(tmp_path / "x.mid")]) == 2
+    assert "--temperature: [jam] temperature = 9 is out of range; allowed: 0..5" in capsys.readouterr().err

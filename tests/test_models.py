@@ -83,15 +83,22 @@ def test_automatic_precision_follows_the_kernel(model):
     assert engine.kernel == ("native" if NATIVE else "torch")
 
 
-def test_decode_weights_follow_parameter_updates(model):
+@pytest.mark.parametrize("kernel", [kernel for device, kernel in CASES if device == "cpu"])
+def test_decode_weights_are_prepared_once_and_again_on_request(model, kernel):
     tokens = torch.randint(0, 153, (32,), generator=torch.Generator().manual_seed(12)).tolist()
-    engine = Engine(model, "cpu")
+    engine = Engine(model, "cpu", kernel=kernel)
+    before = full_logits(model, tokens, "cpu")[-1]
     with torch.no_grad():
         model.head.weight.mul_(2)  # exactly undone below
     try:
+        after = full_logits(model, tokens, "cpu")[-1]
         engine.reset(tokens[:1])
         engine.feed(tokens[1:])
-        assert np.abs(engine.logits - full_logits(model, tokens, "cpu")[-1]).max() <= 1e-4
+        assert np.abs(engine.logits - before).max() <= 1e-4  # the weights it was built with
+        engine.prepare()
+        engine.reset(tokens[:1])
+        engine.feed(tokens[1:])
+        assert np.abs(engine.logits - after).max() <= 1e-4
     finally:
         with torch.no_grad():
             model.head.weight.div_(2)

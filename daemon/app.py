@@ -27,7 +27,7 @@ from daemon.config import SECTIONS, ConfigError, Settings, load_settings, with_s
 from daemon.engine import Engine
 from daemon.jam import ANSWERING, JamSession
 from daemon.output import NoteOutput
-from daemon.paths import KINDS, shipped_weights
+from daemon.paths import weights_folder
 from daemon.ports import MidiPorts, MidiUnavailable
 from daemon.weights import WeightsError, read_config
 
@@ -42,13 +42,6 @@ SWITCH_INTERVAL_S = 0.0005
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why (no traceback)."""
-
-
-def weights_folder(weights: str) -> Path:
-    """A shipped model by name (found beside the package, so an editable install works) or a folder."""
-    if weights in KINDS:
-        return shipped_weights(weights)
-    return Path(weights).expanduser()
 
 
 def check_weights(weights: str) -> tuple[Path, str]:

@@ -20,10 +20,11 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from daemon.paths import cache_folder
 
 SOURCE = Path(__file__).with_name("native_decode.c")
 ABI_VERSION = 4  # native_decode.c's ABI_VERSION
@@ -86,17 +87,10 @@ def _build_and_load() -> ctypes.CDLL:
 
 
 def _cache_folder() -> Path:
-    base = os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME")
-    candidates = [Path(base) / "antiphon"] if base else []
-    candidates += [Path.home() / ".cache" / "antiphon", Path(tempfile.gettempdir()) / f"antiphon-{os.getuid()}"]
-    for folder in candidates:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder
-    raise NativeUnavailable(f"no writable cache folder for the native decode kernel (tried {', '.join(map(str, candidates))})")
+    try:
+        return cache_folder()
+    except OSError as error:
+        raise NativeUnavailable(f"the native decode kernel has {error}") from None
 
 
 def _build_key(compiler: str) -> str:

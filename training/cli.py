@@ -48,7 +48,9 @@ def _fit_parser(commands) -> None:
     limits.add_argument("--patience", type=int, default=3,
                         help="stop when the test loss has not improved for this many epochs (3)")
     limits.add_argument("--max-steps", type=int, help="checkpoint and stop once the run has made this many steps")
-    limits.add_argument("--max-hours", type=float, help="checkpoint and stop after this process ran this long")
+    wall = limits.add_mutually_exclusive_group()
+    wall.add_argument("--max-hours", type=float, help="checkpoint and stop after this process ran this long")
+    wall.add_argument("--max-minutes", type=float, help="the same in minutes: --max-minutes 10 gives it ten minutes")
     limits.add_argument("--checkpoint-minutes", type=float, default=10.0,
                         help="also checkpoint mid-epoch this often, so a hard kill loses at most that (10; 0: every step)")
     machine = parser.add_argument_group("machine")
@@ -70,7 +72,8 @@ def _run_fit(args) -> int:
         "eval_windows": args.eval_windows, "test_ratio": args.test_ratio, "seed": args.seed,
         "model_config": args.model_config,
     }
-    limits = Limits(args.max_epochs, args.patience, args.max_steps, args.max_hours, args.checkpoint_minutes)
+    minutes = args.max_hours * 60 if args.max_hours is not None else args.max_minutes
+    limits = Limits(args.max_epochs, args.patience, args.max_steps, minutes, args.checkpoint_minutes)
     change = {key: chosen[key] for key in CHANGEABLE} if args.change_recipe else None
     if args.resume:
         result = fit(args.data, args.out, None, limits, resume=True, device=args.device, amp=not args.no_amp,
@@ -82,7 +85,7 @@ def _run_fit(args) -> int:
                      amp=not args.no_amp, progress=not args.no_progress, change=change)
     if int(os.environ.get("RANK", "0")) == 0:
         print(describe_stop(result))
-        if result.stop in ("signal", "max_steps", "max_hours"):
+        if result.stop in ("signal", "max_steps", "max_time"):
             print(f"resume with: antiphon-train fit {args.data} --out {args.out} --resume")
     return 0
 

@@ -20,7 +20,6 @@ PAPER_SCHEDULES = {
 # point of a short run is kept.
 FINE_TUNE = {"lr": 5e-4, "lr_decay": 1.0, "lr_floor": 0.0, "augment_transpose": True, "transpose_max": 6,
              "epoch_windows": 160, "eval_windows": 256}
-FINE_TUNE_PATIENCE = 3  # tests without improvement: 60 steps at the defaults
 
 
 class FitError(Exception):

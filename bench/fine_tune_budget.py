@@ -76,11 +76,10 @@ def main() -> None:
         "fine-tuned": Recipe.fine_tune(read_config(parent)[0], lr=args.lr, **one_epoch),
         "scratch": Recipe.paper(args.model, **one_epoch),
     }
-    for condition in ("fine-tuned", "scratch"):
-        if condition not in args.conditions:
-            continue
-        run = work / condition
-        for index, (minutes, budget) in enumerate(zip(args.minutes, steps)):
+    conditions = [condition for condition in ("fine-tuned", "scratch") if condition in args.conditions]
+    for index, (minutes, budget) in enumerate(zip(args.minutes, steps)):  # both conditions per budget: paired early
+        for condition in conditions:
+            run = work / condition
             fit(args.data, run, None if index else recipes[condition], Limits(max_epochs=1, max_steps=budget),
                 resume=index > 0, device="cpu", progress=False, report=lambda line: None,
                 init=parent if condition == "fine-tuned" and index == 0 else None)

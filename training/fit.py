@@ -217,17 +217,19 @@ class Run:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        saved = checkpoint_to_resume(self.checkpoint_dir) if resume else check_fresh(self.out, recipe, change)
-        if saved is not None:
+        saved = None
+        if resume:
+            saved = checkpoint_to_resume(self.checkpoint_dir)
             self.recipe, changed_from = resumed_recipe(saved.state["recipe"], change, expect)
         else:
+            check_fresh(self.out, recipe, change)
             self.recipe, changed_from = recipe, {}
         self.recipe.check()
         self.config = self.recipe.config()
         parent = parent_of(init, saved, self.config)
         self.data_folder = Path(data).resolve()
         self._load_data(saved)
-        self._build_model(parent if saved is None else None)
+        self._build_model(parent)
         self.state = RunState(
             recipe=asdict(self.recipe), model_config=self.config.to_dict(), data_folder=str(self.data_folder),
             data=self.data_fingerprint, world_size=self.dist.world, sampler_at_epoch_start=self.sampler.bit_generator.state,

@@ -17,7 +17,7 @@ import torch
 
 from daemon.codec import PITCH_BASE, PITCH_MAX, PITCH_MIN
 from training.folder_reader import read_folder
-from training.midi_loading import MIDI_SUFFIXES, MidiLoadError, midi_files
+from training.midi_loading import MIDI_SUFFIXES, MidiLoadError
 from training.token_cache import TokenizedFile
 
 WINDOW = 257  # 256 inputs + the same 256 shifted by one as targets
@@ -136,12 +136,12 @@ def load_streams(
     """Every readable file of a folder (through the token cache); raises DataError when there is none."""
     folder = Path(folder)
     try:
-        count = len(midi_files(folder))
+        read = read_folder(folder, report=report)
     except MidiLoadError as error:
         raise DataError(str(error)) from None
+    count = len(read.files) + len(read.skipped)
     if count == 0:
         raise DataError(f"{folder}: no MIDI files (looked for {', '.join(MIDI_SUFFIXES)}, recursively)")
-    read = read_folder(folder, report=report)
     if not read.files:
         raise DataError(f"{folder}: all {count} MIDI files failed to load (first: {read.skipped[0]})")
     return read.files, read.skipped

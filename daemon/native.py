@@ -35,6 +35,7 @@ import torch
 
 from daemon.decoding import PRECISIONS, DecodableModel, DecodeLayout, Decoder, Linear, Norm
 from daemon.model import MODELS, ModelConfig
+from daemon.paths import cache_folder
 from daemon.transformer import KVCache
 
 log = logging.getLogger("antiphon.native")
@@ -135,7 +136,7 @@ def _build_and_load() -> ctypes.CDLL:
         raise NativeUnavailable(f"this CPU lacks {'/'.join(missing_cpu_features())}, which native decode needs")
     cc = compiler()
     name = library_name(cc)
-    folder = cache_folder()
+    folder = trusted_cache_folder()
     lib = _load_cached(folder / name) if folder is not None else None
     if lib is None:
         lib = _build(cc, name, folder)
@@ -148,27 +149,14 @@ def _build_and_load() -> ctypes.CDLL:
     return lib
 
 
-def cache_folder() -> Path | None:
-    """The folder builds are kept in, when it can be trusted: it exists (or is made, mode 0700),
-    belongs to this user and no one else can write to it. Else None, with a log line saying why."""
-    base = os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME")
+def trusted_cache_folder() -> Path | None:
+    """The folder builds are kept in, when it can be trusted (paths.cache_folder); else None,
+    with a log line saying why."""
     try:
-        folder = (Path(base) if base else Path.home() / ".cache") / "antiphon"
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = folder.stat()
-    except (OSError, RuntimeError) as error:  # RuntimeError: no home directory to be found
-        log.warning("native decode kernel: no cache folder (%s); building it in a private temporary folder", error)
+        return cache_folder()
+    except OSError as error:
+        log.warning("native decode kernel: %s; building it in a private temporary folder", error)
         return None
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        log.warning("native decode kernel: not using the cache folder %s (owner uid %d, mode %o: it must be this "
-                    "user's, uid %d, and writable by no one else); building it in a private temporary folder",
-                    folder, info.st_uid, info.st_mode & 0o7777, os.geteuid())
-        return None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        log.warning("native decode kernel: cache folder %s is not writable; building it in a private temporary folder",
-                    folder)
-        return None
-    return folder
 
 
 def _load_cached(path: Path) -> ctypes.CDLL | None:

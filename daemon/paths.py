@@ -1,8 +1,9 @@
-"""Where the shipped weights live: weights/ beside the daemon package in a checkout
-(an editable install keeps it there)."""
+"""Where things live: the shipped weights (weights/ beside the daemon package in a checkout; an
+editable install keeps it there), weights named by the user, and the user's cache folder."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
@@ -16,9 +17,35 @@ def shipped_weights(kind: str = "transformer") -> Path:
     return WEIGHTS_ROOT / kind
 
 
-def weights_folder(weights: str) -> Path:
-    """A shipped model by name (found beside the package, so an editable install works, from any
-    working folder) or a folder; what every command's --weights means."""
-    if weights in KINDS:
-        return shipped_weights(weights)
+def weights_folder(weights: str | os.PathLike) -> Path:
+    """A shipped model by name (found beside the package, so an editable install works) or a folder."""
+    if str(weights) in KINDS:
+        return shipped_weights(str(weights))
     return Path(weights).expanduser()
+
+
+def cache_folder(*parts: str) -> Path:
+    """A folder under the user's cache that can be trusted: $CACHE_DIRECTORY under systemd, else
+    $XDG_CACHE_HOME/antiphon or ~/.cache/antiphon, made with mode 0700 when missing, owned by this
+    user and writable by no one else (another user could plant what we load). Never a shared
+    temporary path. Raises OSError saying why there is none."""
+    base = os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME")
+    try:
+        root = (Path(base) if base else Path.home() / ".cache") / "antiphon"
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = root.stat()
+    except (OSError, RuntimeError) as error:  # RuntimeError: no home directory to be found
+        raise OSError(f"no cache folder ({error})") from None
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise OSError(
+            f"not using the cache folder {root} (owner uid {info.st_uid}, mode {info.st_mode & 0o7777:o}: it must be "
+            f"this user's, uid {os.geteuid()}, and writable by no one else)"
+        )
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise OSError(f"cache folder {root} is not writable")
+    folder = root.joinpath(*parts)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot make {folder} ({error.strerror or error})") from None
+    return folder

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_midi import write_broken, write_set, write_split
 
 from daemon.codec import PITCH_BASE, PITCH_MAX, PITCH_MIN, is_pitch, pitch_token
@@ -39,9 +41,23 @@ def test_windows_are_the_stride_1_slices_of_each_stream_without_copies():
     assert got.tolist() == expected
     # one int16 store of the tokens, windows are only start indices into it
     assert dataset.tokens.dtype == np.int16 and dataset.tokens.size == 670
-    assert dataset.window_starts.dtype == np.int64 and dataset.window_starts.size == 58
+    assert dataset.window_starts(np.array([0, 43, 44, 57])).tolist() == [0, 43, 400, 413]
     assert dataset.window_offsets(np.array([0, 43, 44, 57])).tolist() == [0, 43, 0, 13]
-    assert dataset.window_stream[[0, 43, 44, 57]].tolist() == [0, 0, 2, 2]
+    assert dataset.window_streams(np.array([0, 43, 44, 57])).tolist() == [0, 0, 2, 2]
+    # nothing is kept per window: the only arrays besides the tokens are per stream
+    sizes = {name: value.size for name, value in vars(dataset).items() if isinstance(value, np.ndarray)}
+    assert sizes == {"tokens": 670, "stream_starts": 3, "stream_lengths": 3, "first_window": 3}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=8))
+def test_every_window_index_finds_its_stream_and_start_whatever_the_stream_lengths(lengths):
+    dataset = WindowDataset([[0] * n for n in lengths])
+    expected = [(s, start + i) for s, (start, n) in enumerate(zip(np.cumsum([0, *lengths[:-1]]), lengths))
+                for i in range(windows_in(n))]
+    indices = np.arange(len(dataset))
+    assert len(dataset) == len(expected)
+    assert list(zip(dataset.window_streams(indices).tolist(), dataset.window_starts(indices).tolist())) == expected
 
 
 def test_batch_is_a_long_tensor_and_leaves_the_store_untouched():

@@ -34,7 +34,7 @@ def test_masks_of_a_window_starting_mid_stream_come_from_the_whole_stream(traine
     data, _, _ = trained
     dataset = load_windows(data, report=None).windows
     masks = GrammarMasks(dataset)
-    stream = dataset.window_stream[-1]
+    stream = dataset.window_streams(np.array([len(dataset) - 1]))[0]
     start, length = dataset.stream_starts[stream], dataset.stream_lengths[stream]
     whole = masks_along(dataset.tokens[start : start + length].tolist())
     for index in (len(dataset) - 1, len(dataset) - 37):

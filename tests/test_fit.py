@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,14 @@ from daemon.codec import BAR
 from daemon.engine import Engine
 from daemon.grammar import INITIAL, advance, next_mask
 from daemon.model import parameter_count
+from daemon.paths import shipped_weights
 from daemon.sampling import make_generator, sample
 from daemon.weights import load_weights
 from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.evaluate import evaluate
 from training.fit import FitError, Limits, Recipe, fit
+from training.parent import Parent
 
 TINY = {"lstm": TINY_LSTM, "transformer": TINY_TRANSFORMER}
 
@@ -302,3 +306,68 @@ def test_checkpoint_is_json_and_safetensors_and_survives_a_torn_write(data, tmp_
     # and the run resumes and cleans them up
     quiet_fit(data, tmp_path / "run", None, Limits(max_epochs=2), resume=True)
     assert [p.name for p in folder.iterdir() if p.is_dir()] == ["step-00000012-epoch-0002"]
+
+
+def test_fine_tuning_the_shipped_lstm_changes_its_weights_and_names_its_parent(data, tmp_path, capsys):
+    out = tmp_path / "mine"
+    code, text = run_cli(["fit", str(data), "--init", "lstm", "--out", str(out), "--max-steps", "2", "--epoch-windows", "16",
+                          "--eval-windows", "8", "--no-progress", "--device", "cpu"], capsys)
+    assert code == 0, text
+    parent_folder = shipped_weights("lstm").resolve()
+    assert f"from {parent_folder}" in text
+    tuned, parent = load_weights(out).model.state_dict(), load_weights(parent_folder).model.state_dict()
+    assert set(tuned) == set(parent)
+    assert any(not torch.equal(tuned[name], parent[name]) for name in parent)
+    # two Adamax steps at 5e-4 move each weight by at most 1e-3: fine-tuned, not trained from scratch
+    assert all((tuned[name] - parent[name]).abs().max() <= 1.01e-3 for name in parent)
+    provenance = load_weights(out).meta["provenance"]
+    sha256 = hashlib.sha256((parent_folder / "model.safetensors").read_bytes()).hexdigest()
+    assert provenance["parent"] == {"path": str(parent_folder), "sha256": sha256, "kind": "lstm"}
+    assert provenance["data_folder"] == str(data.resolve()) and provenance["steps"] == 2
+    recipe = provenance["recipe"]
+    assert (recipe["lr"], recipe["lr_decay"], recipe["augment_transpose"], recipe["transpose_max"]) == (5e-4, 1.0, True, 6)
+    assert recipe["epoch_windows"] == 16 and recipe["eval_windows"] == 8  # the flags given replace the defaults
+
+
+def test_a_model_that_conflicts_with_the_init_weights_is_refused(data, tmp_path, capsys):
+    code, text = run_cli(["fit", str(data), "--init", "lstm", "--model", "transformer", "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "--model transformer conflicts with --init" in text and "lstm weights" in text
+    code, text = run_cli(["fit", str(data), "--init", "lstm", "--model-config", '{"hidden_size": 64}',
+                          "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "--model-config hidden_size=64 conflicts with --init" in text
+    code, text = run_cli(["fit", str(data), "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--init:" in text and "nowhere" in text
+    assert not any((tmp_path / name).exists() for name in "abc")
+    # the same model and config as the weights are not a conflict
+    config = load_weights(shipped_weights("lstm")).config
+    Parent.find("lstm").check_compatible("lstm", {"hidden_size": config.hidden_size})
+
+
+@pytest.fixture(scope="module")
+def tiny_parent(tmp_path_factory) -> Path:
+    from daemon.model import build_model, config_from_dict, default_config
+    from daemon.weights import save_weights
+
+    config = config_from_dict({**default_config("lstm").to_dict(), **TINY_LSTM})
+    torch.manual_seed(7)
+    return save_weights(tmp_path_factory.mktemp("parent") / "weights", build_model(config), config, {"trained_by": "test"})
+
+
+def test_resume_of_a_fine_tuning_run_is_exact_and_keeps_its_parent(data, tmp_path, tiny_parent):
+    recipe = Recipe.fine_tune(load_weights(tiny_parent).config, epoch_windows=48, eval_windows=64)
+
+    def tune(out: Path, limits: Limits, resume: bool = False, init=tiny_parent):
+        return fit(data, out, None if resume else recipe, limits, resume=resume, device="cpu", progress=False,
+                   report=lambda line: None, init=init)
+
+    one_go = tune(tmp_path / "one", Limits(max_epochs=3, patience=10))
+    tune(tmp_path / "halves", Limits(max_epochs=3, patience=10, max_steps=8))
+    resumed = tune(tmp_path / "halves", Limits(max_epochs=3, patience=10), resume=True, init=None)
+    assert_same_run(one_go, resumed, tmp_path / "one", tmp_path / "halves")
+    provenance = load_weights(tmp_path / "halves").meta["provenance"]
+    assert provenance["parent"]["path"] == str(tiny_parent.resolve()) and provenance["steps"] == 18
+    # the first step starts from the parent: a run from the same recipe without it differs
+    other = quiet_fit(data, tmp_path / "scratch", replace(recipe), Limits(max_epochs=1))
+    assert other.history[0]["train_loss"] != pytest.approx(one_go.history[0]["train_loss"], abs=1e-6)
+    with pytest.raises(FitError, match="differs from the weights this run started from"):
+        tune(tmp_path / "halves", Limits(max_epochs=4), resume=True, init="lstm")

@@ -20,7 +20,11 @@ def _fit_parser(commands) -> None:
         "checkpoint/. Defaults are the paper's recipe (Section 5.2).",
     )
     parser.add_argument("data", type=Path, help="data folder")
-    parser.add_argument("--model", choices=("lstm", "transformer"), help="model kind (required unless --resume)")
+    parser.add_argument("--model", choices=("lstm", "transformer"), help="model kind (required unless --resume or --init)")
+    parser.add_argument("--init", metavar="WEIGHTS",
+                        help="fine-tune: start from these weights (a weights folder, or 'transformer' / 'lstm' for the "
+                        "shipped ones) with the fine-tuning recipe as defaults (lr 5e-4 constant, transposition within "
+                        "6 semitones, a test on 256 windows every 160 training windows); the model comes from the weights")
     parser.add_argument("--out", type=Path, required=True, help="output weights folder")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint")
     parser.add_argument("--change-recipe", action="store_true",
@@ -33,12 +37,16 @@ def _fit_parser(commands) -> None:
     recipe.add_argument("--lr-decay", type=float, help="lr factor per epoch (paper: LSTM 0.8, Transformer 1)")
     recipe.add_argument("--lr-floor", type=float, help="lowest lr (paper: LSTM 5e-5)")
     recipe.add_argument("--epoch-fraction", type=float, help="share of the training windows per epoch (paper: 0.02)")
-    recipe.add_argument("--augment-transpose", action="store_true", default=None,
-                        help="transpose each training window by a random interval within the piano range")
+    recipe.add_argument("--epoch-windows", type=int,
+                        help="training windows per epoch whatever the folder's size (overrides --epoch-fraction; "
+                        "fine-tuning: 160)")
+    recipe.add_argument("--augment-transpose", action=argparse.BooleanOptionalAction, default=None,
+                        help="transpose each training window by a random interval within the piano range "
+                        "(paper: off; fine-tuning: on)")
     recipe.add_argument("--transpose-max", type=int,
-                        help="with --augment-transpose: at most this many semitones either way (default 0: any)")
+                        help="with --augment-transpose: at most this many semitones either way (0: any; fine-tuning: 6)")
     recipe.add_argument("--eval-windows", type=int,
-                        help="evaluate each epoch on a seeded fixed sample of N test windows (default: all)")
+                        help="evaluate each epoch on a seeded fixed sample of N test windows (default: all; fine-tuning: 256)")
     recipe.add_argument("--test-ratio", type=float, help="test share of files when DATA has no train/ test/ (0.1)")
     recipe.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     recipe.add_argument("--model-config", type=json.loads,
@@ -48,7 +56,9 @@ def _fit_parser(commands) -> None:
     limits.add_argument("--patience", type=int, default=3,
                         help="stop when the test loss has not improved for this many epochs (3)")
     limits.add_argument("--max-steps", type=int, help="checkpoint and stop once the run has made this many steps")
-    limits.add_argument("--max-hours", type=float, help="checkpoint and stop after this process ran this long")
+    wall = limits.add_mutually_exclusive_group()
+    wall.add_argument("--max-hours", type=float, help="checkpoint and stop after this process ran this long")
+    wall.add_argument("--max-minutes", type=float, help="the same in minutes: --max-minutes 10 gives it ten minutes")
     limits.add_argument("--checkpoint-minutes", type=float, default=10.0,
                         help="also checkpoint mid-epoch this often, so a hard kill loses at most that (10; 0: every step)")
     machine = parser.add_argument_group("machine")
@@ -60,29 +70,36 @@ def _fit_parser(commands) -> None:
 
 def _run_fit(args) -> int:
     from training.fit import CHANGEABLE, Limits, Recipe, describe_stop, fit
+    from training.parent import Parent
 
     if args.threads:
         torch.set_num_threads(args.threads)
     chosen = {
         "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay, "lr_floor": args.lr_floor,
-        "epoch_fraction": args.epoch_fraction, "augment_transpose": args.augment_transpose,
+        "epoch_fraction": args.epoch_fraction, "epoch_windows": args.epoch_windows,
+        "augment_transpose": args.augment_transpose,
         "transpose_max": args.transpose_max,
         "eval_windows": args.eval_windows, "test_ratio": args.test_ratio, "seed": args.seed,
         "model_config": args.model_config,
     }
-    limits = Limits(args.max_epochs, args.patience, args.max_steps, args.max_hours, args.checkpoint_minutes)
+    minutes = args.max_hours * 60 if args.max_hours is not None else args.max_minutes
+    limits = Limits(args.max_epochs, args.patience, args.max_steps, minutes, args.checkpoint_minutes)
     change = {key: chosen[key] for key in CHANGEABLE} if args.change_recipe else None
+    common = dict(device=args.device, amp=not args.no_amp, progress=not args.no_progress, change=change, init=args.init)
     if args.resume:
-        result = fit(args.data, args.out, None, limits, resume=True, device=args.device, amp=not args.no_amp,
-                     progress=not args.no_progress, expect=dict(chosen, model=args.model), change=change)
+        result = fit(args.data, args.out, None, limits, resume=True, expect=dict(chosen, model=args.model), **common)
+    elif args.init is not None:
+        parent = Parent.find(args.init)
+        parent.check_compatible(args.model, args.model_config)
+        recipe = Recipe.fine_tune(parent.config, **{k: v for k, v in chosen.items() if k != "model_config"})
+        result = fit(args.data, args.out, recipe, limits, **common)
     else:
         if args.model is None:
-            raise UsageError("fit: --model lstm|transformer is required for a new run")
-        result = fit(args.data, args.out, Recipe.paper(args.model, **chosen), limits, device=args.device,
-                     amp=not args.no_amp, progress=not args.no_progress, change=change)
+            raise UsageError("fit: --model lstm|transformer (or --init WEIGHTS to fine-tune) is required for a new run")
+        result = fit(args.data, args.out, Recipe.paper(args.model, **chosen), limits, **common)
     if int(os.environ.get("RANK", "0")) == 0:
         print(describe_stop(result))
-        if result.stop in ("signal", "max_steps", "max_hours"):
+        if result.stop in ("signal", "max_steps", "max_time"):
             print(f"resume with: antiphon-train fit {args.data} --out {args.out} --resume")
     return 0
 
@@ -94,7 +111,7 @@ def _evaluate_parser(commands) -> None:
         description="Mean NLL per token of WEIGHTS_DIR on the 257-token windows of DATA_DIR (its test/ subfolder "
         "when it has train/ and test/), plain and renormalised over the tokens the grammar allows.",
     )
-    parser.add_argument("weights", type=Path, help="weights folder")
+    parser.add_argument("weights", help="weights folder, or 'transformer' / 'lstm' for the shipped ones")
     parser.add_argument("data", type=Path, help="data folder")
     parser.add_argument("--windows", type=int, help="a seeded sample of N windows (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the window sample (0)")
@@ -105,11 +122,12 @@ def _evaluate_parser(commands) -> None:
 
 
 def _run_evaluate(args) -> int:
+    from daemon.paths import weights_folder
     from training.evaluate import evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate(args.weights, args.data, args.windows, args.seed, args.batch_size, args.device,
+    result = evaluate(weights_folder(args.weights), args.data, args.windows, args.seed, args.batch_size, args.device,
                       progress=not args.json and sys.stderr.isatty(), report=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -1,7 +1,8 @@
 """Token streams as overlapping training windows of 257 tokens at stride 1 (paper Section 5.1).
 
-All streams are kept in one concatenated int16 array; a window is only a start index into it,
-so 640k overlapping windows cost 8 bytes each instead of 257 copies of their tokens.
+All streams are kept in one concatenated int16 array, and a window is only its index: the stream
+it lies in is found by bisection over the streams' first window indices, so memory grows with the
+tokens (2 bytes each) and the number of files, not with the windows (257 tokens each).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 
 from daemon.codec import PITCH_BASE, PITCH_MAX, PITCH_MIN
-from training.midi_loading import MIDI_SUFFIXES, LoadedMidi, MidiLoadError, load_folder, midi_files
+from training.folder_reader import read_folder
+from training.midi_loading import MIDI_SUFFIXES, MidiLoadError
+from training.token_cache import TokenizedFile
 
 WINDOW = 257  # 256 inputs + the same 256 shifted by one as targets
 CONTEXT = WINDOW - 1
@@ -42,27 +45,35 @@ class WindowDataset:
             else np.zeros(0, dtype=np.int16)
         )
         counts = np.maximum(lengths - CONTEXT, 0)
-        # window -> stream it lies in, and its first token's index in self.tokens
-        self.window_stream = np.repeat(np.arange(len(streams), dtype=np.int64), counts)
-        first_window = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first_window, counts)
-        self.window_starts = self.stream_starts[self.window_stream] + within
+        # the index of each stream's first window; a stream without windows repeats the next one's
+        self.first_window = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+        self.window_count = int(counts.sum())
 
     def __len__(self) -> int:
-        return len(self.window_starts)
+        return self.window_count
 
     @property
     def token_count(self) -> int:
         return len(self.tokens)
 
+    def window_streams(self, indices: np.ndarray) -> np.ndarray:
+        """The stream each window lies in (the last stream whose first window is at or before it)."""
+        return np.searchsorted(self.first_window, np.asarray(indices, dtype=np.int64), side="right") - 1
+
     def window_offsets(self, indices: np.ndarray) -> np.ndarray:
         """Position of each window's first token within its own stream."""
         indices = np.asarray(indices, dtype=np.int64)
-        return self.window_starts[indices] - self.stream_starts[self.window_stream[indices]]
+        return indices - self.first_window[self.window_streams(indices)]
+
+    def window_starts(self, indices: np.ndarray) -> np.ndarray:
+        """Position of each window's first token in self.tokens."""
+        indices = np.asarray(indices, dtype=np.int64)
+        streams = self.window_streams(indices)
+        return self.stream_starts[streams] + indices - self.first_window[streams]
 
     def windows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """int64[len(indices), 257]: the windows' tokens (a fresh array; the store is untouched)."""
-        starts = self.window_starts[np.asarray(indices, dtype=np.int64)]
+        starts = self.window_starts(indices)
         return self.tokens[starts[:, None] + np.arange(WINDOW)].astype(np.int64)
 
     def batch(
@@ -119,22 +130,24 @@ class Split:
         return {"files": len(self.files), "tokens": self.windows.token_count, "windows": len(self.windows)}
 
 
-def load_streams(folder: str | os.PathLike, report: Callable[[str], None] | None = print) -> tuple[list[LoadedMidi], list[str]]:
-    """Every readable file of a folder; raises DataError when there is none."""
+def load_streams(
+    folder: str | os.PathLike, report: Callable[[str], None] | None = print
+) -> tuple[list[TokenizedFile], list[str]]:
+    """Every readable file of a folder (through the token cache); raises DataError when there is none."""
     folder = Path(folder)
     try:
-        count = len(midi_files(folder))
+        read = read_folder(folder, report=report)
     except MidiLoadError as error:
         raise DataError(str(error)) from None
+    count = len(read.files) + len(read.skipped)
     if count == 0:
         raise DataError(f"{folder}: no MIDI files (looked for {', '.join(MIDI_SUFFIXES)}, recursively)")
-    summary = load_folder(folder, report=report)
-    if not summary.loaded:
-        raise DataError(f"{folder}: all {count} MIDI files failed to load (first: {summary.skipped[0]})")
-    return summary.loaded, summary.skipped
+    if not read.files:
+        raise DataError(f"{folder}: all {count} MIDI files failed to load (first: {read.skipped[0]})")
+    return read.files, read.skipped
 
 
-def split_of(folder: Path, loaded: Sequence[LoadedMidi], skipped: list[str]) -> Split:
+def split_of(folder: Path, loaded: Sequence[TokenizedFile], skipped: list[str]) -> Split:
     split = Split(folder, [item.path for item in loaded], WindowDataset([item.tokens for item in loaded]), skipped)
     if len(split.windows) == 0:
         raise DataError(f"{folder}: no file has the {WINDOW} tokens one window needs")

@@ -65,7 +65,7 @@ class GrammarMasks:
 
     def batch(self, indices: np.ndarray) -> torch.Tensor:
         """bool[B, 256, 153]: row j is the mask for target j (the token after input j)."""
-        starts = self.dataset.window_starts[np.asarray(indices, dtype=np.int64)]
+        starts = self.dataset.window_starts(indices)
         return self.table[torch.from_numpy(self.ids[starts[:, None] + np.arange(CONTEXT)]).long()]
 
 

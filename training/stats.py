@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from training.dataset import load_streams, windows_in
-from training.midi_loading import LoadedMidi
+from training.token_cache import TokenizedFile
 
 # The paper's window counts (Section 5.1) for the reference data's two folders.
 PAPER_WINDOWS = {("reference", "train"): 639_470, ("reference", "test"): 70_248}
@@ -31,7 +31,7 @@ def folder_stats(folder: str | os.PathLike, report=None) -> dict:
     return stats_of(folder, loaded, skipped)
 
 
-def stats_of(folder: Path, loaded: list[LoadedMidi], skipped: list[str]) -> dict:
+def stats_of(folder: Path, loaded: list[TokenizedFile], skipped: list[str]) -> dict:
     dropped: Counter = Counter()
     for item in loaded:
         dropped.update(item.dropped)
@@ -39,7 +39,7 @@ def stats_of(folder: Path, loaded: list[LoadedMidi], skipped: list[str]) -> dict
         "folder": str(folder),
         "files": len(loaded),
         "skipped": skipped,
-        "notes": {"kept": sum(len(item.notes) for item in loaded), "dropped": dict(sorted(dropped.items()))},
+        "notes": {"kept": sum(item.notes for item in loaded), "dropped": dict(sorted(dropped.items()))},
         "tokens": sum(len(item.tokens) for item in loaded),
         "windows": sum(windows_in(len(item.tokens)) for item in loaded),
         "windows_unmerged": sum(

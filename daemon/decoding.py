@@ -21,12 +21,16 @@ import warnings
 from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# How many tokens an engine can take back (Engine.rollback): the decode states of the last this
+# many positions are kept. Accompaniment rolls back at most its lookahead (a few sixteenths,
+# a few tokens each); bench/rollback.py prints what a rollback costs.
+ROLLBACK_TOKENS = 64
 
 
 class DecodeLinear:
@@ -182,6 +186,20 @@ class DecodableModel(Protocol):
     def init_state(self, device: torch.device, dtype: torch.dtype) -> Any: ...
     def prefill(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
     def decode_step(self, weights: Any, token: int, state: Any) -> tuple[torch.Tensor, Any]: ...
+
+
+@runtime_checkable
+class Rewindable(Protocol):
+    """A decode state the step updates in place (the Transformer's KVCache): rolling back rewinds it."""
+
+    def rewind(self, position: int) -> Any: ...
+
+
+def rewound(state: Any, position: int) -> Any:
+    """The state after `position` tokens, from the one the step returned then: a state updated
+    in place since is rewound; any other (the LSTM's (h, c): new tensors each step, never
+    written to again) is still as it was."""
+    return state.rewind(position) if isinstance(state, Rewindable) else state
 
 
 class Decoder(NamedTuple):

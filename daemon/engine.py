@@ -8,24 +8,37 @@ The context rolls forever over the last 256 tokens:
 - Transformer: the cache slides (a ring of 256 slots, old keys kept as computed, distances from
   absolute positions), with no periodic re-prefill.
 - LSTM: (h, c) is carried forever.
+Within the last ROLLBACK_TOKENS, the engine can go back (rollback): the states and logits the
+steps returned are kept in preallocated rings (references for the LSTM, whose steps return new
+tensors; the Transformer's cache keeps what its ring overwrote, see KVCache).
 bench/rolling_context.py prints what each costs in NLL per token against recomputing the full
 window every step (the paper's method), and what re-prefilling / re-priming would change.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from daemon import native
 from daemon.codec import BAR
-from daemon.decoding import DecodableModel, Decoder, automatic_precision, check_precision, torch_decoder
+from daemon.decoding import (
+    ROLLBACK_TOKENS,
+    DecodableModel,
+    Decoder,
+    automatic_precision,
+    check_precision,
+    rewound,
+    torch_decoder,
+)
 from daemon.model import ModelConfig
 from daemon.weights import load_weights
 
@@ -88,12 +101,18 @@ class Engine:
         self.kind: str = model.config.kind
         self.name = name or self.kind
         self.window = getattr(model.config, "context", CONTEXT)
-        self.context: deque[int] = deque(maxlen=self.window)
+        # The window plus what a rollback may bring back into it.
+        self._tokens: deque[int] = deque(maxlen=self.window + ROLLBACK_TOKENS)
         self.vocab_size: int = model.config.vocab_size
         self._decoder: Decoder | None = None
         self._state = None
         self._logits = np.zeros(self.vocab_size, dtype=np.float32)
         self.position = 0
+        # What the step returned after position p, at p % ring: (state, logits tensor).
+        self._ring = ROLLBACK_TOKENS + 1
+        self._states: list[Any] = [None] * self._ring
+        self._step_logits: list[Any] = [None] * self._ring
+        self._earliest = 0  # the earliest position a rollback can return to (the last reset's)
         self.prepare()
 
     def prepare(self) -> None:
@@ -116,32 +135,68 @@ class Engine:
 
     def reset(self, tokens: Sequence[int] = (BAR,)) -> None:
         """Forget everything and prime with `tokens` (the last window of them)."""
-        self.context.clear()
+        self._tokens.clear()
         self.position = 0
+        logits = torch.zeros(self.vocab_size)
         with torch.inference_mode():
             self._state = self._decoder.new_state()
             tokens = list(tokens)[-self.window :]
             if tokens:
                 logits, self._state = self.model.prefill(self._tensor(tokens), self._state)
                 self._logits = logits.float().cpu().numpy()
-        self.context.extend(tokens)
-        self.position = len(tokens)
+        self._tokens.extend(tokens)
+        self.position = self._earliest = len(tokens)
+        self._states[self.position % self._ring] = self._state
+        self._step_logits[self.position % self._ring] = logits
 
     def feed(self, tokens: Sequence[int]) -> np.ndarray:
         """Append tokens to the context; returns the next token's logits (also in .logits).
         A token outside the vocabulary raises IndexError before the state moves on."""
-        step, vocab_size = self._decoder.step, self.vocab_size
+        step, vocab_size, ring = self._decoder.step, self.vocab_size, self._ring
+        states, step_logits, position = self._states, self._step_logits, self.position
         with torch.inference_mode():
-            for token in tokens:
-                token = int(token)
-                if not 0 <= token < vocab_size:  # the steps read the embedding row unchecked
-                    raise IndexError(f"token {token} is outside the vocabulary (0..{vocab_size - 1})")
-                logits, self._state = step(token, self._state)
-                self.context.append(token)
-            if tokens:
-                self._logits = logits.float().cpu().numpy()
-        self.position += len(tokens)
+            try:
+                for token in tokens:
+                    token = int(token)
+                    if not 0 <= token < vocab_size:  # the steps read the embedding row unchecked
+                        raise IndexError(f"token {token} is outside the vocabulary (0..{vocab_size - 1})")
+                    logits, self._state = step(token, self._state)
+                    self._tokens.append(token)
+                    position += 1
+                    states[position % ring] = self._state
+                    step_logits[position % ring] = logits
+            finally:
+                if position != self.position:
+                    self.position = position
+                    self._logits = logits.float().cpu().numpy()
         return self._logits
+
+    def rollback(self, position: int) -> np.ndarray:
+        """Return to the engine as it was after `position` tokens (at most ROLLBACK_TOKENS back,
+        and not before the last reset): feeding then continues from there exactly as if the
+        tokens after it had never been fed. Returns that position's next-token logits."""
+        if not max(self._earliest, self.position - ROLLBACK_TOKENS) <= position <= self.position:
+            raise ValueError(f"cannot roll back to position {position}: the engine is at {self.position} and "
+                             f"keeps the last {ROLLBACK_TOKENS} tokens since position {self._earliest}")
+        if position == self.position:
+            return self._logits
+        with torch.inference_mode():
+            self._state = rewound(self._states[position % self._ring], position)
+            self._logits = self._step_logits[position % self._ring].float().cpu().numpy()
+        for _ in range(self.position - position):
+            self._tokens.pop()
+        self.position = position
+        return self._logits
+
+    def rollback_limit(self) -> int:
+        """The earliest position rollback() can return to now."""
+        return max(self._earliest, self.position - ROLLBACK_TOKENS)
+
+    @property
+    def context(self) -> list[int]:
+        """The tokens in the window (the last `window` fed)."""
+        skip = max(0, len(self._tokens) - self.window)
+        return list(itertools.islice(self._tokens, skip, None))
 
     @property
     def logits(self) -> np.ndarray:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from daemon.codec import VOCAB_SIZE
-from daemon.decoding import DecodeLayout, Linear, Norm, Table
+from daemon.decoding import ROLLBACK_TOKENS, DecodeLayout, Linear, Norm, Table
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,12 @@ class KVCache:
     """A static key/value cache of `context` slots per layer, used as a ring once full.
 
     Slot order does not matter to attention (softmax over a set); what matters is each slot's
-    distance to the new token: (slot of the new token - slot) mod context, clipped."""
+    distance to the new token: (slot of the new token - slot) mod context, clipped.
+
+    Rewinding (engine rollback) moves the write position back. Before the ring wraps that is all;
+    once it has, each step overwrites the key/value of the token `context` places back, which the
+    rewound window needs again: the last ROLLBACK_TOKENS of them are kept in a preallocated ring
+    (two strided copies per step, no allocation)."""
 
     def __init__(self, config: TransformerConfig, device: torch.device, dtype: torch.dtype) -> None:
         # One block per kind for all layers (the C step takes each as one pointer); keys
@@ -195,6 +200,8 @@ class KVCache:
         self.values = list(self.value_store.unbind(0))
         self.context = context
         self.position = 0  # absolute position of the next token
+        self.overwritten_keys = torch.zeros((ROLLBACK_TOKENS, layers, heads, head_dim), device=device, dtype=dtype)
+        self.overwritten_values = torch.zeros((ROLLBACK_TOKENS, layers, heads, head_dim), device=device, dtype=dtype)
 
     @property
     def filled(self) -> int:
@@ -203,8 +210,23 @@ class KVCache:
     def advance(self) -> tuple[int, int]:
         """Claim the slot for the next token; return (slot, slots in use)."""
         slot = self.position % self.context
+        if self.position >= self.context:  # the slot holds a key the window may be rewound to
+            kept = self.position % ROLLBACK_TOKENS
+            self.overwritten_keys[kept].copy_(self.key_store.select(3, slot))
+            self.overwritten_values[kept].copy_(self.value_store.select(2, slot))
         self.position += 1
         return slot, self.filled
+
+    def rewind(self, position: int) -> KVCache:
+        """Back to the cache after `position` tokens (at most ROLLBACK_TOKENS back, checked by
+        the engine): the slots written since get back what they held (latest first: with a rewind
+        longer than the ring, a slot written twice gets what the earlier write overwrote)."""
+        for written in reversed(range(max(position, self.context), self.position)):
+            slot, kept = written % self.context, written % ROLLBACK_TOKENS
+            self.key_store.select(3, slot).copy_(self.overwritten_keys[kept])
+            self.value_store.select(2, slot).copy_(self.overwritten_values[kept])
+        self.position = position
+        return self
 
     def load(self, cache: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Fill from a full forward's keys/values ([1, H, T, d] per layer), positions 0..T-1."""

@@ -18,6 +18,7 @@ import copy
 import heapq
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from daemon.codec import (
     BAR,
@@ -36,6 +37,25 @@ from daemon.grammar import INITIAL, GrammarState, advance
 def quantise(position: float) -> int:
     """The grid step of a position, rounded as muspy rounds (Python's round)."""
     return round(position)
+
+
+class StreamMark(NamedTuple):
+    """Where a stream was (TokenStream.mark), to rewind it there."""
+
+    count: int
+    state: GrammarState
+    last_bar: int
+    offset: int
+
+    @property
+    def last_note(self) -> tuple[int, int] | None:
+        """(start, pitch) of the latest note since the last bar, as TokenStream.last_note."""
+        return None if self.state.last_offset < 0 else (self.last_bar + self.state.last_offset, self.state.last_pitch)
+
+    def can_take(self, note: Note) -> bool:
+        """The note comes after everything in the stream at this mark (encoder order)."""
+        last = self.last_note
+        return note.start >= self.last_bar and (last is None or (note.start, note.pitch) > last)
 
 
 class TokenStream:
@@ -69,17 +89,24 @@ class TokenStream:
     def copy(self) -> TokenStream:
         return copy.deepcopy(self)
 
+    def mark(self) -> StreamMark:
+        return StreamMark(self.count, self.state, self.last_bar, self._offset)
+
+    def rewind(self, mark: StreamMark) -> None:
+        """Back to a mark taken earlier (accompaniment's rollback): the tokens since are dropped.
+        The history keeps its `maxlen` only while it holds more than the tokens taken back."""
+        for _ in range(min(self.count - mark.count, len(self.tokens))):
+            self.tokens.pop()
+        self.count, self.state, self.last_bar, self._offset = mark
+
     @property
     def last_note(self) -> tuple[int, int] | None:
         """(start, pitch) of the latest note since the last bar."""
-        if self.state.last_offset < 0:
-            return None
-        return self.last_bar + self.state.last_offset, self.state.last_pitch
+        return self.mark().last_note
 
     def can_take(self, note: Note) -> bool:
         """The note comes after everything in the stream (encoder order)."""
-        last = self.last_note
-        return note.start >= self.last_bar and (last is None or (note.start, note.pitch) > last)
+        return self.mark().can_take(note)
 
     def bar_tokens_to(self, step: int) -> list[int]:
         """Bar lines of the meter up to and including `step` (not appended)."""

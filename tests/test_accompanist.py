@@ -1,0 +1,129 @@
+"""Accompaniment's token logic without a clock: the stream stays decodable, in time order, with
+every player's note in it, whatever the model decided and however late the player's notes come."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon.accompanist import Accompanist, parse_range, pitch_range_narrowing
+from daemon.answer_loop import AnswerOptions
+from daemon.codec import PITCH_BASE, Note, decode
+from daemon.engine import Engine
+from daemon.grammar import HAVE_OFFSET, accepts, advance, walk
+from daemon.live_tokenizer import TokenStream
+from daemon.model import build_model, config_from_dict
+from daemon.sampling import make_generator
+
+BAR = 16
+RANGE = (40, 59)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(5)
+    model = build_model(config_from_dict({"kind": "lstm", "embed_dim": 8, "hidden_size": 16, "fc1": 16, "fc2": 16}))
+    with torch.no_grad():  # a model eager to play: make onsets likelier than silence
+        model.head.bias[1:33] += 2.0
+    return Engine(model.eval(), "cpu", precision="fp32", kernel="torch")
+
+
+def accompanist(engine, seed, lookahead=4):
+    stream = TokenStream(BAR, history=1 << 16)
+    engine.reset(list(stream.tokens))
+    return Accompanist(engine, stream, AnswerOptions(1.0, 1.0, 8), RANGE, make_generator(seed), 70)
+
+
+# Player's notes in encoder order, each committed some steps after it starts (its release and
+# more: arbitrary late arrivals), commits in order.
+player_notes = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(21, 108), st.integers(1, 8), st.integers(0, 12)),
+    min_size=1, max_size=25,
+)
+
+
+def timed(raw):
+    notes, start, arrival, seen = [], 0, 0, set()
+    for gap, pitch, duration, late in raw:
+        start += gap
+        if (start, pitch) in seen:
+            continue
+        seen.add((start, pitch))
+        arrival = max(arrival, start + duration + late)
+        notes.append((Note(start, pitch, duration, 90), arrival))
+    notes.sort(key=lambda item: (item[0].start, item[0].pitch))
+    arrivals = np.maximum.accumulate([a for _, a in notes])  # commits in encoder order
+    return [(note, int(a)) for (note, _), a in zip(notes, arrivals)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=player_notes, lookahead=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_any_interleaving_leaves_a_decodable_stream_with_every_player_note(engine, raw, lookahead, seed):
+    played = timed(raw)
+    acc = accompanist(engine, seed)
+    fixed, placed = [], []
+    last = played[-1][1] + 2 * BAR
+    pending = list(played)
+    for step in range(last):
+        while pending and pending[0][1] <= step:
+            note, _ = pending.pop(0)
+            placed.append((note, acc.player_note(note), step))
+        acc.decide(step + lookahead, step + 1, end=last)
+        fixed += acc.fix(step)
+    acc.finish()
+    tokens = list(acc.stream.tokens)
+    assert accepts(tokens)
+    assert list(acc.engine.context) == tokens[-len(acc.engine.context):]  # the engine holds the stream
+    decoded = {(n.start, n.pitch, n.duration) for n in decode(tokens)}
+    previous = -1
+    for original, note, arrived in placed:
+        assert (note.start, note.pitch, note.duration) in decoded
+        assert note.pitch == original.pitch and original.start <= note.start
+        if note.start != original.start:  # moved: only to where playback was when it arrived
+            assert note.start <= max(arrived, previous) + 1  # (or just after a note moved there before it)
+        previous = note.start
+    for note in fixed:  # what sounded stays
+        assert (note.start, note.pitch, note.duration) in decoded
+        assert RANGE[0] <= note.pitch <= RANGE[1]
+    model = decoded - {(n.start, n.pitch, n.duration) for _, n, _ in placed}
+    assert model == {(n.start, n.pitch, n.duration) for n in fixed}  # nothing unsounded is left
+
+
+def test_a_late_player_note_rolls_back_what_was_decided_and_the_engine_matches_a_fresh_one(engine):
+    acc = accompanist(engine, 3)
+    acc.decide(12, 0)
+    acc.fix(1)
+    assert acc.decided and acc.decided[-1].note.start > 4  # decided past where the player's note goes
+    note = Note(4, 72, 2, 90)
+    assert acc.player_note(note) == note
+    assert acc.stats.count == 1 and all(d.note.start <= 4 for d in acc.decided)
+    fresh = Engine(engine.model, "cpu", precision="fp32", kernel="torch")
+    fresh.reset(list(acc.stream.tokens))
+    assert np.abs(fresh.logits - acc.engine.logits).max() <= 1e-5
+
+
+def test_the_range_narrowing_masks_pitches_outside_and_unplayable_onsets():
+    narrow = pitch_range_narrowing(40, 59)
+    state = walk([0, 1 + 3])  # a note offset 3 chosen
+    assert state.phase == HAVE_OFFSET
+    mask = np.ones(153, dtype=bool)
+    narrow(mask, state, 0)
+    pitches = np.flatnonzero(mask[PITCH_BASE:PITCH_BASE + 88]) + 21
+    assert pitches.min() == 40 and pitches.max() == 59
+    after_high = advance(advance(state, PITCH_BASE + 80 - 21), 121)  # a player's note at 80, offset 3
+    mask = np.ones(153, dtype=bool)
+    narrow(mask, after_high, 0)
+    assert not mask[1 + 3] and mask[1 + 4]
+
+
+@pytest.mark.parametrize("text, expected", [("21-59", (21, 59)), (" 40-40 ", (40, 40))])
+def test_range_parses(text, expected):
+    assert parse_range(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [("59-21", "LO <= HI"), ("10-50", "within 21-108"), ("low", "not LO-HI"),
+                                           ("21", "not LO-HI")])
+def test_a_bad_range_is_named(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_range(text)

@@ -34,20 +34,6 @@ from daemon.sampling import sample
 OPEN_END = 1 << 30  # no end step: the player is still playing
 
 
-def parse_range(text: str) -> tuple[int, int]:
-    """"LO-HI" MIDI pitches (inside the piano's 21..108, LO <= HI) -> (LO, HI); ValueError saying why."""
-    low, dash, high = str(text).strip().partition("-")
-    try:
-        if not dash:
-            raise ValueError
-        low, high = int(low), int(high)
-    except ValueError:
-        raise ValueError(f"accompany range {text!r} is not LO-HI (two MIDI pitches, e.g. 21-59)") from None
-    if not PITCH_MIN <= low <= high <= PITCH_MAX:
-        raise ValueError(f"accompany range {text!r} must lie within {PITCH_MIN}-{PITCH_MAX} with LO <= HI")
-    return low, high
-
-
 def pitch_range_narrowing(low: int, high: int) -> MaskNarrowing:
     """The model's notes only in low..high: pitches outside are masked, and a note at the step of
     the latest note is not begun where no pitch in the range can follow it (pitches rise within

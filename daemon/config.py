@@ -109,6 +109,25 @@ def meter(value: Any) -> str:
     return value
 
 
+def parse_pitch_range(value: Any) -> tuple[int, int]:
+    """"LO-HI" MIDI pitches within the piano's 21..108, LO <= HI -> (LO, HI); ValueError saying why."""
+    low, dash, high = text(value).strip().partition("-")
+    try:
+        if not dash:
+            raise ValueError
+        low, high = int(low), int(high)
+    except ValueError:
+        raise ValueError("not LO-HI (two MIDI pitches, e.g. 21-59)") from None
+    if not 21 <= low <= high <= 108:
+        raise ValueError("not within 21-108 with LO <= HI")
+    return low, high
+
+
+def pitch_range(value: Any) -> str:
+    parse_pitch_range(value)
+    return value.strip()
+
+
 def topic_prefix(value: Any) -> str:
     """A prefix every daemon topic can be published under (MQTT forbids wildcards there)."""
     value = text(value)
@@ -168,7 +187,17 @@ class JamSettings:
                                     "how far ahead of playback the answer is generated, in sixteenths")
     echo_window_ms: float = _setting(100.0, number(0, 1000), "0..1000",
                                      "an input note this soon after the same output note is our own echo")
-    barge_in: bool = _setting(True, boolean, "true or false", "stop the answer when the player plays")
+    barge_in: bool = _setting(True, boolean, "true or false", "stop the answer when the player plays "
+                              "(answer mode only)")
+    mode: str = _setting("answer", choice("answer", "accompany"), "answer or accompany",
+                         "take turns with the player (answer) or play along while the player plays (accompany)",
+                         "--mode", live=True)
+    accompany_range: str = _setting("21-59", pitch_range, "LO-HI, MIDI pitches within 21-108",
+                                    "the pitches the model plays in accompany mode", "--accompany-range",
+                                    live=True, mqtt=("accompany-range",))
+    accompany_tail_bars: int = _setting(1, number(1, 8, True), "1..8",
+                                        "in accompany mode, the bars the model finishes after the player stops "
+                                        "(1: the bar it is in)", live=True, mqtt=("accompany-tail-bars",))
 
 
 @dataclass(frozen=True)

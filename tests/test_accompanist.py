@@ -7,9 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.accompanist import Accompanist, parse_range, pitch_range_narrowing
+from daemon.accompanist import Accompanist, pitch_range_narrowing
 from daemon.answer_loop import AnswerOptions
 from daemon.codec import PITCH_BASE, Note, decode
+from daemon.config import ConfigError, load_settings, parse_pitch_range
 from daemon.engine import Engine
 from daemon.grammar import HAVE_OFFSET, accepts, advance, walk
 from daemon.live_tokenizer import TokenStream
@@ -119,11 +120,12 @@ def test_the_range_narrowing_masks_pitches_outside_and_unplayable_onsets():
 
 @pytest.mark.parametrize("text, expected", [("21-59", (21, 59)), (" 40-40 ", (40, 40))])
 def test_range_parses(text, expected):
-    assert parse_range(text) == expected
+    assert parse_pitch_range(text) == expected
 
 
-@pytest.mark.parametrize("text, message", [("59-21", "LO <= HI"), ("10-50", "within 21-108"), ("low", "not LO-HI"),
-                                           ("21", "not LO-HI")])
-def test_a_bad_range_is_named(text, message):
-    with pytest.raises(ValueError, match=message):
-        parse_range(text)
+@pytest.mark.parametrize("text, message", [
+    ("59-21", "not within 21-108 with LO <= HI"), ("10-50", "not within"), ("low", "not LO-HI"), ("21", "not LO-HI"),
+])
+def test_a_bad_range_is_named_with_its_flag(text, message):
+    with pytest.raises(ConfigError, match=f"--accompany-range: \\[jam\\] accompany_range = '{text}' is {message}"):
+        load_settings(None, {("jam", "accompany_range"): text})

@@ -144,6 +144,10 @@ class Answerer:
         """Generate `job` on the worker; `on_note` and `on_done` run on the loop."""
         return self._submit(self._answer, job, on_note, on_done)
 
+    def run(self, job: Callable[..., None], *args) -> Future:
+        """Run job(engine, *args) on the worker, with the engine it has then (accompaniment)."""
+        return self._submit(lambda: job(self.engine, *args))
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -128,6 +128,8 @@ class JamApp:
             else s.tempo.bpm,
             "meter": s.tempo.meter,
             "answer_bars": s.jam.answer_bars,
+            "jam_mode": s.jam.mode,
+            "accompany_range": s.jam.accompany_range,
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
         }
@@ -140,6 +142,8 @@ class JamApp:
             return "paused"
         if self.session and self.session.phase == Phase.ANSWERING:
             return "answering"
+        if self.session and self.session.phase == Phase.ACCOMPANYING:
+            return "accompanying"
         return "listening"
 
     def apply_setting(self, name: str, value: Any) -> asyncio.Task | None:

@@ -25,11 +25,12 @@ from concurrent.futures import Future
 
 import mido
 
+from daemon.accompaniment import AccompanyJob, AccompanyPlan, accompaniment_report, accompany
 from daemon.answer_loop import AnswerOptions
 from daemon.answerer import Answerer, AnswerJob, AnswerPlan, answer_report
 from daemon.clock import now
 from daemon.codec import Note
-from daemon.config import Settings
+from daemon.config import Settings, parse_pitch_range
 from daemon.echo import EchoFilter
 from daemon.engine import CONTEXT
 from daemon.listener import Listener
@@ -46,6 +47,7 @@ class Phase(enum.Enum):
     IDLE = "idle"  # no phrase in progress: the next onset anchors a bar
     CALLING = "calling"  # the player's phrase; `_next` is the planned hand-over, if any
     ANSWERING = "answering"  # `job` is generated and played; `_next` is its end, once generated
+    ACCOMPANYING = "accompanying"  # mode "accompany": the model plays along (`accompaniment`)
 
 
 class JamSession:
@@ -66,6 +68,7 @@ class JamSession:
         self.phase = Phase.IDLE
         self.paused = False  # no hand-overs (the player's notes are still listened to)
         self.job: AnswerJob | None = None  # only while ANSWERING
+        self.accompaniment: AccompanyJob | None = None  # from its start until the worker is done with it
         self.rng = make_generator(jam.seed if jam.seed >= 0 else None)
         self.answers = 0
         self.barge_ins = 0
@@ -89,6 +92,8 @@ class JamSession:
             self.rng = make_generator(jam.seed)
         self.output.set_timing(jam.late_policy, jam.output_latency_ms / 1000)
         self.echoes.window_s = jam.echo_window_ms / 1000
+        if jam.mode != old.jam.mode:
+            self.stop_answer()  # and the accompaniment: the next note plays in the new mode
 
     def swap_engine(self, engine) -> Future:
         """Use another engine from the next worker job on, primed with the conversation so far."""
@@ -129,13 +134,21 @@ class JamSession:
         self._commit(t)
         if self._ticker is None:
             self._ticker = self.loop.call_later(self.listener.commit_interval_s, self._tick)
+        if self.accompanying:
+            self._accompany(t)
 
     def _note_off(self, pitch: int, t: float) -> None:
         position = self.timeline.position(t)
         self.listener.note_off(pitch, position)
         self._commit(t)
-        if self.listener.holding(position) == 0 and self.phase == Phase.CALLING:
+        if self.accompanying:
+            self._accompany(t)
+        elif self.listener.holding(position) == 0 and self.phase == Phase.CALLING:
             self._plan_handover(position)
+
+    @property
+    def accompanying(self) -> bool:
+        return self.settings.jam.mode == "accompany"
 
     def _anchor(self, t: float) -> None:
         """The first onset after silence: beat one of the bar after everything so far."""
@@ -164,6 +177,11 @@ class JamSession:
         self._append_player_notes(self.listener.commit(self.timeline.position(t)))
 
     def _append_player_notes(self, notes: list[Note]) -> None:
+        if self.accompaniment is not None:  # its worker places them (or hands them back when done)
+            for note in notes:
+                self.timeline.extend_to(note.start)
+            self.accompaniment.offer_notes(notes)
+            return
         tokens: list[int] = []
         for note in notes:
             if not self.stream.can_take(note):
@@ -184,7 +202,7 @@ class JamSession:
 
     # -- hand-over ------------------------------------------------------------------
     def _plan_handover(self, released: float) -> None:
-        if self.paused:
+        if self.paused or self.accompanying:
             return
         jam = self.settings.jam
         start = self.timeline.handover_step(released, jam.wait, jam.lead_ms / 1000)
@@ -193,7 +211,7 @@ class JamSession:
         self._next = self.loop.call_at(max(when, now()), self._start_answer, start)
 
     def _hand_over_now(self) -> None:
-        if self.phase != Phase.CALLING or self.paused:
+        if self.phase != Phase.CALLING or self.paused or self.accompanying:
             return
         t = now()
         self.listener.last_release = self.timeline.position(t)
@@ -218,6 +236,63 @@ class JamSession:
         self.emit({"type": "answer_started", "bars": bars, "start_step": start, "end_step": end})
         self.emit({"type": "state"})
         self.answerer.answer(self.job, self._answer_note, self._answer_generated)
+
+    # -- accompanying (loop; the worker's side is daemon/accompaniment.py) ---------------
+    def _accompany(self, t: float) -> None:
+        """A key event in accompany mode: tell the running accompaniment, or start one."""
+        position = self.timeline.position(t)
+        job = self.accompaniment
+        if job is not None:
+            job.activity(position)
+            return
+        join = self.timeline.join_step(t)
+        if self.paused or join is None:
+            return
+        jam = self.settings.jam
+        plan = AccompanyPlan(join, self.timeline.bar_origin, jam.accompany_tail_bars, self.listener.velocity(jam.velocity),
+                             parse_pitch_range(jam.accompany_range), self.timeline.view,
+                             AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps), jam.lookahead_steps,
+                             self.output.send_ahead, self.rng)
+        self.accompaniment = job = AccompanyJob(plan, self.stream.copy(), position)
+        self.phase = Phase.ACCOMPANYING
+        self.emit({"type": "accompaniment_started", "join_step": join})
+        self.emit({"type": "state"})
+        answerer = self.answerer
+        answerer.run(accompany, job, answerer.post, self._accompany_note, self._accompaniment_done,
+                     lambda: answerer.token_seconds)
+
+    def _accompany_note(self, job: AccompanyJob, note: Note) -> None:
+        if job.stop.is_set():
+            return
+        self.output.play(self.settings.midi.output_channel - 1, note.pitch, note.velocity,
+                         self.timeline.time_at(note.start), self.timeline.time_at(note.start + note.duration))
+        job.played += 1
+        self.timeline.extend_to(note.start)
+
+    def _accompaniment_done(self, job: AccompanyJob) -> None:
+        """The worker is done: its stream (which the engine holds) is the conversation's."""
+        job.done = True
+        self.stream = job.stream
+        self.timeline.end = max(self.timeline.end, job.end)
+        if self.accompaniment is job:
+            self.accompaniment = None
+        self._append_player_notes(job.leftover)
+        if self.phase == Phase.ACCOMPANYING:
+            self.phase = Phase.CALLING if self.listener.busy else Phase.IDLE
+        self.emit(accompaniment_report(job, self.output.stats.late_played, self.output.stats.late_dropped))
+        self.emit({"type": "state"})
+        if self.phase == Phase.CALLING and self.accompanying and self.listener.tokenizer.keys_down:
+            self._accompany(now())  # keys still down: the player goes on
+
+    def _stop_accompaniment(self) -> None:
+        """Stop the accompaniment now and release its notes; the worker hands its stream back."""
+        job = self.accompaniment
+        if job is None or job.stop.is_set():
+            return
+        job.stop.set()
+        self.output.release_all()
+        if self.phase == Phase.ACCOMPANYING:
+            self.phase = Phase.CALLING
 
     # -- answering (loop) -------------------------------------------------------------
     def _answer_note(self, job: AnswerJob, note: Note, tokens: list[int]) -> None:
@@ -256,7 +331,9 @@ class JamSession:
         self.listener.call_start = self.timeline.bar_at_or_before(self.timeline.position(t))
 
     def stop_answer(self, t: float | None = None) -> None:
-        """End the answer now: release its notes; the notes already played stay in the context."""
+        """End the answer (or accompaniment) now: release its notes; the notes already played stay
+        in the context."""
+        self._stop_accompaniment()
         job = self.job
         if job is None:
             return

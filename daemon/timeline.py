@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from daemon.clock import ClockFollower, TempoGrid, step_seconds
 
+BEAT_STEPS = 4  # a quarter note, in sixteenths
+
 
 @dataclass(frozen=True)
 class TimelineView:
@@ -113,6 +115,13 @@ class Timeline:
             # the next bar) is not silence until that bar line.
             return self.bar_after(math.floor(released + lead_s / self.grid.step))
         return math.ceil(released + wait)
+
+    def join_step(self, t: float) -> int | None:
+        """Where accompaniment may join for a player who started at time t: the first beat (a
+        quarter note of the bar) at or after it. None would mean "not yet" (a tempo still being
+        read from the player): the session asks again at the player's next key event."""
+        beat = BEAT_STEPS
+        return self.bar_origin + math.ceil((self.position(t) - self.bar_origin) / beat) * beat
 
     def extend_to(self, step: int) -> None:
         """A note starts at `step`: the stream now ends at the bar line after it (or later)."""

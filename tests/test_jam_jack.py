@@ -273,3 +273,28 @@ def test_the_jack_server_dying_and_returning_is_survived(jack_server, tiny_weigh
         server.stop()
         if daemon.process.poll() is None:
             daemon.process.kill()
+
+
+# Four bars of an upper part (quarter notes around C5), for the accompaniment.
+UPPER = [Note(step, (72, 76, 79, 74)[step // 4 % 4], 3, 90) for step in range(0, 64, 4)]
+
+
+def test_accompany_plays_in_range_on_the_grid_during_the_part_and_stops_after_its_bar(daemon_factory):
+    daemon, keyboard = daemon_factory("--virtual", "--mode", "accompany", "--accompany-range", "40-59",
+                                      "--barge-in", name="antiphon-accompany")
+    origin = play(keyboard.send, UPPER)
+    daemon.wait_for("jam: accompaniment:", 10)
+    time.sleep(16 * STEP)  # a bar more: nothing may come
+    received = note_messages(keyboard.take())
+    ons = [(t, m) for t, m in received if m.type == "note_on" and m.velocity > 0]
+    assert ons, "\n".join(daemon.lines)
+    assert all(40 <= m.note <= 59 for _, m in ons)
+    # The first onset is step 0 of the session's grid; every model onset falls on a 16th of it.
+    steps = [(t - origin) / STEP for t, _ in ons]
+    assert all(abs(step - round(step)) * STEP <= TRANSPORT_S for step in steps), steps
+    assert sum(step < 64 for step in steps) >= 4  # it plays during the four bars
+    assert max(steps) < 64 + TRANSPORT_S / STEP  # and stops at the end of the bar the part ended in
+    assert all(t <= origin + 64 * STEP + TRANSPORT_S for t, m in received if m.type == "note_off")
+    assert not unpaired(received)
+    assert "(stopped)" not in daemon.wait_for("jam: accompaniment:", 1)
+    assert daemon.stop() == 0

@@ -1,0 +1,167 @@
+"""Accompaniment live: the Accompanist on the inference worker, in time, while the player plays.
+
+The session (loop) starts an `AccompanyJob` when the player starts and hands it the player's
+notes as the listener commits them (`offer_notes`) and each key event (`activity`). The worker
+runs `accompany` for the whole stretch: it places the player's notes, fixes the model's notes
+that playback is about to reach and posts them to the loop (which plays them on time), and
+decides `lookahead_steps` sixteenths ahead. Nothing is posted before it is fixed, so the loop
+never has to withdraw a scheduled note: a rollback only ever takes back notes the loop has not
+seen. When playback passes the end of the bar the player stopped in (plus
+accompany_tail_bars - 1 bars), or the job is stopped (panic, pause, mode change, exit), the worker
+takes back what it decided but did not fix, and posts the end; the loop then takes the job's
+stream, which the engine holds, as the conversation's.
+
+Player's notes offered after the worker stopped taking them are kept for the loop (`leftover`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from daemon.accompanist import Accompanist
+from daemon.answer_loop import AnswerOptions
+from daemon.answerer import PACING_WAIT_S, SCHEDULE_MARGIN_S
+from daemon.clock import now
+from daemon.codec import Note
+from daemon.live_tokenizer import TokenStream
+from daemon.timeline import TimelineView
+
+log = logging.getLogger("antiphon.jam")
+
+
+@dataclass(frozen=True)
+class AccompanyPlan:
+    """What the worker needs for one stretch of accompaniment, fixed when it starts."""
+
+    join: int  # the first step the model may play at
+    bar_origin: int  # a bar line of the meter
+    tail_bars: int
+    velocity: int
+    pitch_range: tuple[int, int]
+    timeline: TimelineView
+    options: AnswerOptions
+    lookahead_steps: int
+    send_ahead: float
+    rng: np.random.Generator  # handed over: only the worker draws from it
+
+    def end_after(self, last_activity: float, steps_per_bar: int) -> int:
+        """The bar line the model stops at: the end of the bar of the player's latest key event,
+        and tail_bars - 1 more."""
+        bar = math.floor((last_activity - self.bar_origin) / steps_per_bar) + self.tail_bars
+        return self.bar_origin + bar * steps_per_bar
+
+
+@dataclass(eq=False)
+class AccompanyJob:
+    """One stretch of accompaniment. `stream` is the worker's until `done`."""
+
+    plan: AccompanyPlan
+    stream: TokenStream
+    last_activity: float  # stream step of the player's latest key event
+    stop: threading.Event = field(default_factory=threading.Event)
+    inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # ("note", Note) | ("activity", step)
+    leftover: list[Note] = field(default_factory=list)  # offered after the worker stopped taking notes
+    accompanist: Accompanist | None = None  # the worker's
+    end: int = 0  # the bar line it stopped at (set by the worker when it ends)
+    played: int = 0  # model notes sent (loop)
+    done: bool = False  # the worker has finished (set on the loop)
+    _closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- loop side ----------------------------------------------------------------------
+    def offer_notes(self, notes: list[Note]) -> None:
+        with self._lock:
+            if self._closed:
+                self.leftover += notes
+                return
+            for note in notes:
+                self.inbox.put(("note", note))
+
+    def activity(self, step: float) -> None:
+        self.inbox.put(("activity", step))
+
+    # -- worker side --------------------------------------------------------------------
+    def close(self) -> list[tuple[str, object]]:
+        """No more notes to the worker: what is still in the inbox, for it to take in last."""
+        with self._lock:
+            self._closed = True
+            left = []
+            while True:
+                try:
+                    left.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    return left
+
+
+def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: Callable[[AccompanyJob, Note], None],
+              on_done: Callable[[AccompanyJob], None], token_seconds: Callable[[], float]) -> None:
+    """The worker's loop for one job (see the module's docstring); Answerer.run runs it."""
+    plan, view = job.plan, job.plan.timeline
+    bar_len = job.stream.steps_per_bar
+    accompanist = job.accompanist = Accompanist(engine, job.stream, plan.options, plan.pitch_range, plan.rng,
+                                                plan.velocity)
+    margin = SCHEDULE_MARGIN_S + plan.send_ahead
+
+    def take(message: tuple[str, object]) -> None:
+        kind, value = message
+        if kind == "note":
+            accompanist.player_note(value)
+        else:
+            job.last_activity = max(job.last_activity, value)
+
+    while not job.stop.is_set():
+        t = now()
+        reach = view.position(t + margin + 3 * token_seconds())  # what playback reaches before a note is scheduled
+        for note in accompanist.fix(math.floor(reach)):
+            post(on_note, job, note)
+        end = plan.end_after(job.last_activity, bar_len)
+        if view.position(t) >= end and not accompanist.decided:
+            break
+        accompanist.decide(math.floor(view.position(t)) + plan.lookahead_steps, max(plan.join, math.floor(reach) + 1),
+                           end)
+        # Sleep until the next note is due to be fixed or the next step begins, or a message comes.
+        following = accompanist.decided[0].note.start if accompanist.decided else math.floor(view.position(t)) + 1
+        wake = view.time_at(following) - margin - 3 * token_seconds()
+        try:
+            take(job.inbox.get(timeout=min(max(wake - now(), 0.0), PACING_WAIT_S)))
+        except queue.Empty:
+            continue
+        while True:
+            try:
+                take(job.inbox.get_nowait())
+            except queue.Empty:
+                break
+    for message in job.close():
+        take(message)
+    accompanist.finish()
+    job.end = plan.end_after(job.last_activity, bar_len)
+    post(on_done, job)
+
+
+def accompaniment_report(job: AccompanyJob, late_played: int, late_dropped: int) -> dict:
+    """The `accompaniment_finished` event (and its log line)."""
+    accompanist = job.accompanist
+    stats = accompanist.stats if accompanist is not None else None
+    seconds = stats.seconds if stats else []
+    event = {
+        "type": "accompaniment_finished",
+        "notes": job.played,
+        "end_step": job.end,
+        "rollbacks": stats.count if stats else 0,
+        "rollback_ms_p99": round(float(np.percentile(seconds, 99)) * 1000, 3) if seconds else None,
+        "moved_player_notes": stats.moved if stats else 0,
+        "late_played": late_played,
+        "late_dropped": late_dropped,
+        "stopped": job.stop.is_set(),
+    }
+    log.info("accompaniment: %d notes, %d rollbacks (p99 %s ms), %d player's notes moved, late notes so far: "
+             "%d played, %d dropped%s", job.played, event["rollbacks"], event["rollback_ms_p99"],
+             event["moved_player_notes"], late_played, late_dropped, " (stopped)" if event["stopped"] else "")
+    return event

@@ -31,7 +31,8 @@ from fixtures_mqtt import Broker, MqttObserver
 
 from daemon.mqtt import MAX_PAYLOAD_BYTES, CommandError, parse_setting
 
-STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
+STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused", "jam_mode",
+              "accompany_range"}
 
 
 # -- payload parsing (no broker) -------------------------------------------------------
@@ -102,6 +103,7 @@ def test_online_and_the_retained_state_document(jam: Jam, mosquitto_module: Brok
     assert document["mode"] == "listening"
     assert document["weights"]["kind"] == "lstm"
     assert document["meter"] == "4/4" and document["bpm"] == 240.0 and document["answer_bars"] == 2
+    assert document["jam_mode"] == "answer" and document["accompany_range"] == "21-59"
     assert document["ports"] == {"in": {"name": jam.peer.keyboard_port, "connected": True},
                                  "out": {"name": jam.peer.synth_port, "connected": True}}
 
@@ -117,6 +119,8 @@ def test_online_and_the_retained_state_document(jam: Jam, mosquitto_module: Brok
         ("set/tempo", "200", "bpm", 200.0),
         ("set/bpm", "240", "bpm", 240.0),
         ("set/temperature", "1", "temperature", 1.0),
+        ("set/accompany-range", "30-50", "accompany_range", "30-50"),
+        ("set/accompany_range", "21-59", "accompany_range", "21-59"),
     ],
 )
 @pytest.mark.mqtt
@@ -149,6 +153,8 @@ def test_pause_and_resume(jam: Jam) -> None:
         ("set/top_p", b"\xff\xfe", "not valid UTF-8"),
         ("set/weights", b"/nonexistent/weights", "/nonexistent/weights"),
         ("set/volume", b"3", "unknown setting 'volume'"),
+        ("set/mode", b"duet", "not one of the choices"),
+        ("set/accompany_range", b"60-20", "not within 21-108"),
         ("cmd/explode", b"", "unknown action 'explode'"),
         ("set/temperature", b"1" * (MAX_PAYLOAD_BYTES + 1), "payload too large"),
     ],
@@ -346,3 +352,25 @@ def test_tls_with_a_client_certificate(jack_server: object, mosquitto_tls: Broke
         assert daemon.alive
     finally:
         stop_jam(jam)
+
+
+@pytest.mark.mqtt
+@pytest.mark.jack
+def test_switching_to_accompany_and_back_mid_session(jam: Jam) -> None:
+    answer_started(jam)
+    mark = jam.observer.mark()
+    jam.observer.publish("set/mode", "accompany")
+    jam.observer.wait_state(lambda s: s["jam_mode"] == "accompany", "accompany mode", mark)
+    time.sleep(1.5)  # the answer may still be playing: it was stopped by the switch
+    played = time.monotonic()
+    jam.peer.play_phrase([72, 76, 79, 84] * 4)  # four bars' worth at 240 bpm
+    jam.observer.wait_for(lambda: events(jam.observer, "accompaniment_started", mark), "accompaniment_started")
+    model = [m for m in jam.peer.messages(played) if m.type == "note_on" and m.velocity > 0]
+    assert model and all(m.note <= 59 for m in model), model  # it played along, in the default range 21-59
+    assert not events(jam.observer, "answer_started", mark)  # no turn-taking while accompanying
+    jam.observer.wait_for(lambda: events(jam.observer, "accompaniment_finished", mark), "accompaniment_finished")
+    assert not sounding(jam.peer.messages(played))
+    mark = jam.observer.mark()
+    jam.observer.publish("set/mode", "answer")
+    jam.observer.wait_state(lambda s: s["jam_mode"] == "answer", "answer mode", mark)
+    answer_started(jam)

@@ -1,0 +1,239 @@
+"""Accompaniment through real JACK ports: the reference test files' upper part played into the real
+daemon (mode accompany), the model accompanying below middle C, against the file's own lower part
+(the human reference) and a random grammar-valid stream in the same range (the floor).
+
+    nice -n 19 python bench/accompany.py [--pieces 3] [--bars 4] [--weights transformer] [--range 21-59]
+
+Each piece: its notes split at middle C (60 and up: the upper part, played; below: the lower
+part, the human reference); the first `--bars` bars from the upper part's first onset (beat one for the daemon);
+a fresh daemon at the file's tempo (fixed mode), the upper part sent with uniform +-8 ms onset
+jitter. Prints one JSON line:
+- pieces, bars_per_piece;
+- model_notes_per_bar (model onsets while the player plays), late_notes (the daemon's count),
+  rollbacks_per_bar, rollback_ms_p99 (the largest of the daemon's per-stretch p99s: a rollback
+  and the player's note going in), tail_bars_max (how far past the end of the player's last bar
+  the model still sounded, in bars), unreleased (note-ons never ended);
+- in_scale_rate (model notes in the key of the player's part, Krumhansl-Schmuckler,
+  daemon/keys.py), on_beat_rate (onsets on a quarter note), and the same notes_per_bar /
+  in_scale_rate / on_beat_rate for human_* and random_*.
+Goal: zero late and zero unreleased; in_scale_rate >= human - 0.05 and well above random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mido
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from daemon.accompanist import pitch_range_narrowing  # noqa: E402
+from daemon.answer_loop import AnswerOptions, compose_mask  # noqa: E402
+from daemon.clock import step_seconds  # noqa: E402
+from daemon.codec import Note, is_duration, token_value  # noqa: E402
+from daemon.config import parse_pitch_range  # noqa: E402
+from daemon.jack_server import JackServer  # noqa: E402
+from daemon.live_tokenizer import TokenStream  # noqa: E402
+from daemon.playing import Keyboard, notes_from  # noqa: E402
+from daemon.sampling import make_generator, sample  # noqa: E402
+from training.midi_loading import load_midi, midi_files  # noqa: E402
+
+try:
+    from daemon.keys import find_key  # branch answer-quality (issue: answer steering)
+except ImportError:
+    sys.exit("bench/accompany.py needs daemon/keys.py (Krumhansl-Schmuckler key finding) from branch answer-quality")
+
+ANTIPHON = Path(sys.executable).with_name("antiphon")
+BAR = 16
+MIDDLE_C = 60
+JITTER_S = 0.008
+REPORT = re.compile(r"accompaniment: (\d+) notes, (\d+) rollbacks \(p99 (\S+) ms\), (\d+) player's notes moved, "
+                    r"late notes so far: (\d+) played, (\d+) dropped")
+
+
+def file_bpm(path: Path) -> float:
+    for track in mido.MidiFile(path).tracks:
+        for message in track:
+            if message.type == "set_tempo":
+                return round(mido.tempo2bpm(message.tempo), 2)
+    return 120.0
+
+
+def excerpt(notes: list[Note], bars: int) -> tuple[list[Note], list[Note]]:
+    """(upper, lower) parts over `bars` bars from the upper part's first onset, which becomes step 0
+    (the daemon takes the first onset as beat one, so its grid and the excerpt's coincide)."""
+    upper = [n for n in notes if n.pitch >= MIDDLE_C]
+    first = min(n.start for n in upper)
+    window = range(first, first + bars * BAR)
+
+    def part(chosen: list[Note]) -> list[Note]:
+        return sorted(Note(n.start - first, n.pitch, min(n.duration, first + bars * BAR - n.start), 90)
+                      for n in chosen if n.start in window)
+
+    return part(upper), part([n for n in notes if n.pitch < MIDDLE_C])
+
+
+def figures(notes: list[Note], key, bars: int) -> dict[str, float]:
+    inside = [n for n in notes if 0 <= n.start < bars * BAR]
+    if not inside:
+        return {"notes_per_bar": 0.0, "in_scale_rate": float("nan"), "on_beat_rate": float("nan")}
+    scale = key.scale
+    return {"notes_per_bar": len(inside) / bars,
+            "in_scale_rate": float(np.mean([scale[n.pitch % 12] for n in inside])),
+            "on_beat_rate": float(np.mean([n.start % 4 == 0 for n in inside]))}
+
+
+def random_stream(bars: int, pitch_range: tuple[int, int], seed: int) -> list[Note]:
+    """Uniform choices among the tokens the accompanist's mask allows: a grammar-valid floor."""
+    stream, rng = TokenStream(BAR, history=1 << 16), make_generator(seed)
+    options = AnswerOptions(1.0, 1.0, 8, (pitch_range_narrowing(*pitch_range),))
+    notes, end = [], bars * BAR
+    while True:
+        mask = compose_mask(stream.state, stream.last_bar, BAR, 0, end, options)
+        token = sample(np.zeros(len(mask), dtype=np.float32), mask, 1.0, 1.0, rng)
+        if token == 1 + BAR and stream.last_bar + BAR >= end:
+            return notes
+        stream.append([token])
+        if is_duration(token):
+            start, pitch = stream.last_note
+            notes.append(Note(start, pitch, token_value(token)))
+        if stream.last_bar >= end:
+            return notes
+
+
+def play_with_jitter(keyboard: Keyboard, notes: list[Note], bpm: float, origin: float, rng: random.Random) -> None:
+    step = step_seconds(bpm)
+    events = []
+    for note in notes:
+        on = note.start * step + rng.uniform(-JITTER_S, JITTER_S)
+        events.append((max(on, 0.0), 1, mido.Message("note_on", note=note.pitch, velocity=90)))
+        events.append(((note.start + note.duration) * step - 0.002, 0, mido.Message("note_off", note=note.pitch)))
+    for offset, _, message in sorted(events, key=lambda e: (e[0], e[1])):
+        wait = origin + offset - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        keyboard.send(message)
+
+
+def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
+    loaded = load_midi(path)
+    upper, lower = excerpt(loaded.notes, args.bars)
+    if len(upper) < 4:
+        return None
+    bpm = file_bpm(path)
+    command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", f"antiphon-acc{number}",
+               "--bpm", str(bpm), "--seed", str(number), "--weights", args.weights, "--mode", "accompany",
+               "--accompany-range", args.range, "--no-follow-clock"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in process.stderr), daemon=True).start()
+
+    def wait_for(pattern: str, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in lines if pattern in line), None)
+            if found:
+                return found
+            time.sleep(0.01)
+        return None
+
+    ready = wait_for("ready:", 120)
+    if ready is None:
+        print("\n".join(lines), file=sys.stderr)
+        process.kill()
+        return None
+    ports = re.search(r"in=(\S+) out=(\S+?),", ready).groups()
+    keyboard = Keyboard("jack", ports[0], ports[1], f"bench-kbd{number}")
+    try:
+        origin = time.monotonic() + 0.3
+        play_with_jitter(keyboard, upper, bpm, origin, random.Random(number))
+        wait_for("accompaniment:", 4 * BAR * step_seconds(bpm) + 10)
+        time.sleep(BAR * step_seconds(bpm))
+        process.terminate()
+        process.wait(timeout=10)
+        time.sleep(0.1)
+        received = [(t, m) for t, m in keyboard.take() if m.type in ("note_on", "note_off")]
+    finally:
+        keyboard.close()
+        if process.poll() is None:
+            process.kill()
+    reports = [REPORT.search(line).groups() for line in lines if REPORT.search(line)]
+    model = notes_from(received, origin, bpm)
+    sounding: dict[int, int] = {}
+    for _, m in received:
+        sounding[m.note] = sounding.get(m.note, 0) + (1 if m.type == "note_on" and m.velocity else -1)
+    player_end = max(n.start + n.duration for n in upper)
+    bar_end = -(-player_end // BAR) * BAR
+    last_sound = max((n.start + n.duration for n in model), default=0)
+    key = find_key(upper)
+    low, high = parse_pitch_range(args.range)
+    return {
+        "bars": args.bars,
+        "model": figures(model, key, args.bars),
+        "human": figures(lower, key, args.bars),
+        "random": figures(random_stream(args.bars, (low, high), number), key, args.bars),
+        "late": (int(reports[-1][4]) + int(reports[-1][5])) if reports else 0,
+        "rollbacks": sum(int(r[1]) for r in reports),
+        "rollback_ms_p99": max((float(r[2]) for r in reports if r[2] != "None"), default=0.0),
+        "tail_bars": max(0.0, (last_sound - bar_end) / BAR),
+        "unreleased": sum(count for count in sounding.values() if count > 0),
+        "model_in_range": all(low <= n.pitch <= high for n in model),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/reference/test"))
+    parser.add_argument("--pieces", type=int, default=3)
+    parser.add_argument("--bars", type=int, default=4)
+    parser.add_argument("--weights", default="transformer")
+    parser.add_argument("--range", default="21-59")
+    parser.add_argument("--period", type=int, default=256, help="JACK period in frames at 48 kHz")
+    args = parser.parse_args()
+    results = []
+    with JackServer(period=args.period, realtime=False):
+        for number, path in enumerate(midi_files(args.data)):
+            if len(results) == args.pieces:
+                break
+            result = run_piece(path, args, number)
+            if result is not None:
+                print(f"{path.name}: {json.dumps(result)}", file=sys.stderr)
+                results.append(result)
+    bars = sum(r["bars"] for r in results)
+
+    def mean(source: str, figure: str) -> float:
+        values = [r[source][figure] for r in results if not np.isnan(r[source][figure])]
+        return round(float(np.mean(values)), 3) if values else float("nan")
+
+    summary = {
+        "pieces": len(results), "bars_per_piece": args.bars, "weights": args.weights, "range": args.range,
+        "model_notes_per_bar": mean("model", "notes_per_bar"),
+        "late_notes": sum(r["late"] for r in results),
+        "rollbacks_per_bar": round(sum(r["rollbacks"] for r in results) / max(bars, 1), 3),
+        "rollback_ms_p99": max((r["rollback_ms_p99"] for r in results), default=0.0),
+        "in_scale_rate": mean("model", "in_scale_rate"),
+        "on_beat_rate": mean("model", "on_beat_rate"),
+        "tail_bars_max": max((r["tail_bars"] for r in results), default=0.0),
+        "unreleased": sum(r["unreleased"] for r in results),
+        "all_in_range": all(r["model_in_range"] for r in results),
+    }
+    for source in ("human", "random"):
+        for figure in ("notes_per_bar", "in_scale_rate", "on_beat_rate"):
+            summary[f"{source}_{figure}"] = mean(source, figure)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

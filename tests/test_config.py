@@ -135,10 +135,13 @@ def test_live_settings_and_their_mqtt_names_come_from_the_declarations():
 
     declared = {(section, spec.name) for section, cls in SECTIONS.items() for spec in fields(cls) if spec.metadata["live"]}
     assert {(s.section, name) for name, s in LIVE_SETTINGS.items()} == declared == {
-        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("jam", "answer_bars"), ("model", "weights")}
-    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "answer_bars": int, "weights": str}
+        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("jam", "answer_bars"), ("model", "weights"),
+        ("jam", "mode"), ("jam", "accompany_range"), ("jam", "accompany_tail_bars")}
+    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "answer_bars": int, "weights": str,
+                        "mode": str, "accompany_range": str, "accompany_tail_bars": int}
     assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars",
-                               "answer-length": "answer_bars"}
+                               "answer-length": "answer_bars", "accompany-range": "accompany_range",
+                               "accompany-tail-bars": "accompany_tail_bars"}
 
 
 JSON_VALUES = st.one_of(

@@ -131,8 +131,9 @@ class Answerer:
     def reset(self, tokens: list[int]) -> Future:
         return self._submit(self._reset, tokens)
 
-    def swap(self, engine, tokens: list[int]) -> Future:
-        """Use `engine`, primed with `tokens`, from the next job on."""
+    def swap(self, engine, tokens: list[int] | Callable[[], list[int]]) -> Future:
+        """Use `engine`, primed with `tokens` (or what the callable returns on the worker, once the
+        jobs before have run), from the next job on."""
         return self._submit(self._swap, engine, tokens)
 
     def idle(self) -> Future:
@@ -168,8 +169,8 @@ class Answerer:
     def _reset(self, tokens: list[int]) -> None:
         self.engine.reset(tokens)
 
-    def _swap(self, engine, tokens: list[int]) -> None:
-        engine.reset(tokens)
+    def _swap(self, engine, tokens: list[int] | Callable[[], list[int]]) -> None:
+        engine.reset(tokens() if callable(tokens) else tokens)
         self.engine = engine
 
     def _answer(self, job: AnswerJob, on_note, on_done) -> None:

@@ -97,6 +97,10 @@ class JamSession:
 
     def swap_engine(self, engine) -> Future:
         """Use another engine from the next worker job on, primed with the conversation so far."""
+        job = self.accompaniment
+        if job is not None:  # it plays with the old engine: stop it, and prime with the stream it hands back
+            self._stop_accompaniment()
+            return self.answerer.swap(engine, lambda: list(job.stream.tokens))
         return self.answerer.swap(engine, list(self.stream.tokens))
 
     # -- input ------------------------------------------------------------------------

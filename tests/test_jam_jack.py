@@ -284,7 +284,7 @@ def test_accompany_plays_in_range_on_the_grid_during_the_part_and_stops_after_it
     daemon, keyboard = daemon_factory("--virtual", "--mode", "accompany", "--accompany-range", "40-59",
                                       "--barge-in", name="antiphon-accompany")
     origin = play(keyboard.send, UPPER)
-    daemon.wait_for("jam: accompaniment:", 10)
+    report = daemon.wait_for("jam: accompaniment:", 10)
     time.sleep(16 * STEP)  # a bar more: nothing may come
     received = note_messages(keyboard.take())
     ons = [(t, m) for t, m in received if m.type == "note_on" and m.velocity > 0]
@@ -296,10 +296,12 @@ def test_accompany_plays_in_range_on_the_grid_during_the_part_and_stops_after_it
     phase = float(np.median([step - round(step) for step in steps]))
     assert -TRANSPORT_S <= phase * STEP <= STEP / 2, phase
     steps = [step - phase for step in steps]
-    assert all(abs(step - round(step)) * STEP <= TRANSPORT_S for step in steps), (phase, steps)
+    # Only a note the daemon itself counts as sent late (a starved machine) may miss its 16th.
+    late = int(re.search(r"late notes so far: (\d+) played", report).group(1))
+    assert sum(abs(step - round(step)) * STEP > TRANSPORT_S for step in steps) <= late, (phase, steps, report)
     assert sum(step < 64 for step in steps) >= 4  # it plays during the four bars
     assert max(steps) < 64  # and stops at the end of the bar the part ended in
     assert all(t <= origin + (64 + phase) * STEP + TRANSPORT_S for t, m in received if m.type == "note_off")
     assert not unpaired(received)
-    assert "(stopped)" not in daemon.wait_for("jam: accompaniment:", 1)
+    assert "(stopped)" not in report
     assert daemon.stop() == 0

@@ -146,7 +146,8 @@ class JamSession:
         self.listener.note_off(pitch, position)
         self._commit(t)
         if self.accompanying:
-            self._accompany(t)
+            if self.accompaniment is not None:  # a release never starts one: it may end a finished stretch
+                self.accompaniment.activity(position)
         elif self.listener.holding(position) == 0 and self.phase == Phase.CALLING:
             self._plan_handover(position)
 
@@ -243,7 +244,7 @@ class JamSession:
 
     # -- accompanying (loop; the worker's side is daemon/accompaniment.py) ---------------
     def _accompany(self, t: float) -> None:
-        """A key event in accompany mode: tell the running accompaniment, or start one."""
+        """An onset in accompany mode: tell the running accompaniment, or start one."""
         position = self.timeline.position(t)
         job = self.accompaniment
         if job is not None:

@@ -34,7 +34,7 @@ from daemon.config import Settings, parse_pitch_range
 from daemon.echo import EchoFilter
 from daemon.engine import CONTEXT
 from daemon.listener import Listener
-from daemon.live_tokenizer import TokenStream
+from daemon.live_tokenizer import TokenStream, quantise
 from daemon.output import NoteOutput
 from daemon.sampling import make_generator
 from daemon.timeline import Timeline
@@ -147,7 +147,9 @@ class JamSession:
         self._commit(t)
         if self.accompanying:
             if self.accompaniment is not None:  # a release never starts one: it may end a finished stretch
-                self.accompaniment.activity(position)
+                # The last step the note sounds in: its end, rounded as the tokenizer rounds it, is
+                # exclusive (a release at a bar line ends the bar before it, however late it is stamped).
+                self.accompaniment.activity(quantise(position) - 1)
         elif self.listener.holding(position) == 0 and self.phase == Phase.CALLING:
             self._plan_handover(position)
 
@@ -245,7 +247,7 @@ class JamSession:
     # -- accompanying (loop; the worker's side is daemon/accompaniment.py) ---------------
     def _accompany(self, t: float) -> None:
         """An onset in accompany mode: tell the running accompaniment, or start one."""
-        position = self.timeline.position(t)
+        position = quantise(self.timeline.position(t))
         job = self.accompaniment
         if job is not None:
             job.activity(position)

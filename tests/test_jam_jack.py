@@ -300,7 +300,7 @@ def test_accompany_plays_in_range_on_the_grid_during_the_part_and_stops_after_it
     late = int(re.search(r"late notes so far: (\d+) played", report).group(1))
     assert sum(abs(step - round(step)) * STEP > TRANSPORT_S for step in steps) <= late, (phase, steps, report)
     assert sum(step < 64 for step in steps) >= 4  # it plays during the four bars
-    assert max(steps) < 64  # and stops at the end of the bar the part ended in
+    assert max(steps) < 64, "\n".join(daemon.lines)  # and stops at the end of the bar the part ended in
     assert all(t <= origin + (64 + phase) * STEP + TRANSPORT_S for t, m in received if m.type == "note_off")
     assert not unpaired(received)
     assert "(stopped)" not in report

@@ -100,6 +100,6 @@ def test_paused_the_session_listens_but_never_answers(tiny_weights):
         await asyncio.sleep(24 * STEP)  # past the bar line where it would have answered
         assert h.session.phase is Phase.CALLING
         assert not [e for e in h.events if e["type"] == "answer_started"]
-        assert h.session.stream.count > 1  # the played note is in the context
+        assert h.session.conversation.stream.count > 1  # the played note is in the context
 
     run(tiny_weights, scenario)

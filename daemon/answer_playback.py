@@ -11,7 +11,7 @@ import mido
 
 from daemon.answerer import AnswerJob, answer_report
 from daemon.codec import Note
-from daemon.config import JamSettings
+from daemon.config import Settings
 from daemon.conversation import Conversation
 from daemon.echo import EchoFilter
 from daemon.output import NoteOutput
@@ -19,16 +19,21 @@ from daemon.timeline import Timeline
 
 
 class AnswerPlayback:
-    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable[[mido.Message], None], jam: JamSettings,
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable[[mido.Message], None], settings: Settings,
                  timeline: Timeline, conversation: Conversation, echoes: EchoFilter,
                  emit: Callable[[dict], None]) -> None:
+        jam = settings.jam
         self.output = NoteOutput(loop, send, jam.late_policy, jam.output_latency_ms / 1000, on_note=self._note_sent)
+        self.channel = settings.midi.output_channel - 1  # 0-based
         self.timeline = timeline
         self.conversation = conversation
         self.echoes = echoes
         self.emit = emit
-        self.channel = 0  # the output channel, 0-based
         self.job: AnswerJob | None = None  # the answer whose notes are sent now
+
+    def update_settings(self, settings: Settings) -> None:
+        self.output.set_timing(settings.jam.late_policy, settings.jam.output_latency_ms / 1000)
+        self.channel = settings.midi.output_channel - 1
 
     def play(self, job: AnswerJob, note: Note, tokens: list[int]) -> None:
         """One note the worker generated (dropped when its answer was stopped meanwhile)."""

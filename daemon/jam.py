@@ -68,12 +68,11 @@ class JamSession:
         self.conversation = Conversation(self.answerer, self.timeline)
         self.listener = Listener()
         self.echoes = EchoFilter(jam.echo_window_ms / 1000)
-        self.playback = AnswerPlayback(loop, send, jam, self.timeline, self.conversation, self.echoes, emit)
+        self.playback = AnswerPlayback(loop, send, settings, self.timeline, self.conversation, self.echoes, emit)
         self.output = self.playback.output
-        self.playback.channel = settings.midi.output_channel - 1
         self.phase = Phase.IDLE
         self.paused = False  # no hand-overs (the player's notes are still listened to)
-        self.job: AnswerJob | None = None  # only while ANSWERING
+        self.job: AnswerJob | None = None  # only while HANDING_OVER or ANSWERING
         self.rng = make_generator(jam.seed if jam.seed >= 0 else None)
         self.answers = 0
         self.barge_ins = 0
@@ -95,9 +94,8 @@ class JamSession:
             self.timeline.set_tempo(settings.tempo.bpm, now())
         if jam.seed != old.jam.seed and jam.seed >= 0:
             self.rng = make_generator(jam.seed)
-        self.output.set_timing(jam.late_policy, jam.output_latency_ms / 1000)
+        self.playback.update_settings(settings)
         self.echoes.window_s = jam.echo_window_ms / 1000
-        self.playback.channel = settings.midi.output_channel - 1
 
     def swap_engine(self, engine) -> Future:
         """Use another engine from the next worker job on, primed with the conversation so far."""

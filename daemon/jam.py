@@ -8,9 +8,16 @@ The session coordinates the parts, each with one job: the `Timeline` (grid, bar 
 <-> step), the `EchoFilter` (our own notes coming back), the `Listener` (the player's notes to
 tokens), the `Answerer` (the engine's worker thread) and the `NoteOutput` (the answer on time).
 Its `Phase` says where the exchange is: IDLE (the next onset anchors a bar), CALLING (the
-player's phrase; a hand-over may be planned) or ANSWERING. When the player has been silent until
-the hand-over point (the next bar line, or a number of steps) or presses the hand-over
-controller, generation starts `lead_ms` early and the answer streams, note by note, to the output.
+player's phrase; a hand-over may be planned), HANDING_OVER or ANSWERING. When the player has
+been silent until the hand-over point (the next bar line, or a number of steps) or presses the
+hand-over controller, generation starts `lead_ms` early and the answer streams, note by note, to
+the output. Where the call's rhythm has the player's next note due on that bar line, only the bar
+line can tell whether the call goes on: the answer is prepared all the same, begins after the bar
+line, and is heard only if no onset came by the time one on the bar line would have arrived
+(HANDING_OVER); an onset withdraws it unheard and the call goes on.
+
+Every interruption (pause, panic, a lost port) ends the call in progress and any answer and
+returns to IDLE: the next onset begins a new call on a grid of its own.
 
 Threads: everything here runs on the event loop, which never waits for the worker.
 """
@@ -25,16 +32,14 @@ from concurrent.futures import Future
 
 import mido
 
-from daemon.answer_loop import AnswerOptions
-from daemon.answerer import Answerer, AnswerJob, AnswerPlan, answer_report
+from daemon.answer_playback import AnswerPlayback
+from daemon.answerer import Answerer, AnswerJob
 from daemon.clock import now
-from daemon.codec import Note
 from daemon.config import Settings
+from daemon.conversation import Conversation
 from daemon.echo import EchoFilter
-from daemon.engine import CONTEXT
+from daemon.handover import hand_over
 from daemon.listener import Listener
-from daemon.live_tokenizer import TokenStream
-from daemon.output import NoteOutput
 from daemon.sampling import make_generator
 from daemon.timeline import Timeline
 
@@ -45,6 +50,7 @@ CLOCK_MESSAGES = {"clock", "start", "stop", "continue", "songpos"}
 class Phase(enum.Enum):
     IDLE = "idle"  # no phrase in progress: the next onset anchors a bar
     CALLING = "calling"  # the player's phrase; `_next` is the planned hand-over, if any
+    HANDING_OVER = "handing over"  # `job` is prepared, unheard; `_next` commits it unless the player plays
     ANSWERING = "answering"  # `job` is generated and played; `_next` is its end, once generated
 
 
@@ -57,27 +63,28 @@ class JamSession:
         self.settings = settings
         self.emit = emit
         jam = settings.jam
-        self.output = NoteOutput(loop, send, jam.late_policy, jam.output_latency_ms / 1000, on_note=self._note_sent)
         self.answerer = Answerer(engine, loop.call_soon_threadsafe)
         self.timeline = Timeline(settings.tempo.bpm, settings.steps_per_bar, now())
-        self.stream = TokenStream(settings.steps_per_bar, history=CONTEXT)
+        self.conversation = Conversation(self.answerer, self.timeline)
         self.listener = Listener()
         self.echoes = EchoFilter(jam.echo_window_ms / 1000)
+        self.playback = AnswerPlayback(loop, send, settings, self.timeline, self.conversation, self.echoes, emit)
+        self.output = self.playback.output
         self.phase = Phase.IDLE
         self.paused = False  # no hand-overs (the player's notes are still listened to)
-        self.job: AnswerJob | None = None  # only while ANSWERING
+        self.job: AnswerJob | None = None  # only while HANDING_OVER or ANSWERING
         self.rng = make_generator(jam.seed if jam.seed >= 0 else None)
         self.answers = 0
         self.barge_ins = 0
-        self.context_dropped = 0
+        self.withdrawn = 0
         self._next: asyncio.TimerHandle | None = None
         self._ticker: asyncio.TimerHandle | None = None
-        self.answerer.reset(list(self.stream.tokens))
 
     @property
     def stats(self) -> dict[str, int]:
         return {"answers": self.answers, "barge_ins": self.barge_ins,
-                "echoes_ignored": self.echoes.ignored, "context_dropped": self.context_dropped}
+                "echoes_ignored": self.echoes.ignored, "context_dropped": self.conversation.context_dropped,
+                "answers_withdrawn": self.withdrawn}
 
     # -- settings ---------------------------------------------------------------------
     def update_settings(self, settings: Settings) -> None:
@@ -87,12 +94,12 @@ class JamSession:
             self.timeline.set_tempo(settings.tempo.bpm, now())
         if jam.seed != old.jam.seed and jam.seed >= 0:
             self.rng = make_generator(jam.seed)
-        self.output.set_timing(jam.late_policy, jam.output_latency_ms / 1000)
+        self.playback.update_settings(settings)
         self.echoes.window_s = jam.echo_window_ms / 1000
 
     def swap_engine(self, engine) -> Future:
         """Use another engine from the next worker job on, primed with the conversation so far."""
-        return self.answerer.swap(engine, list(self.stream.tokens))
+        return self.answerer.swap(engine, self.conversation.tokens)
 
     # -- input ------------------------------------------------------------------------
     def receive(self, message: mido.Message, arrived: float) -> None:
@@ -118,7 +125,9 @@ class JamSession:
                 self._hand_over_now()
 
     def _note_on(self, pitch: int, velocity: int, t: float) -> None:
-        if self.phase == Phase.ANSWERING:
+        if self.phase is Phase.HANDING_OVER:
+            self._withdraw()  # the call goes on
+        elif self.phase is Phase.ANSWERING:
             if not self.settings.jam.barge_in:
                 return
             self._barge_in(t)
@@ -140,14 +149,10 @@ class JamSession:
     def _anchor(self, t: float) -> None:
         """The first onset after silence: beat one of the bar after everything so far."""
         following = self.settings.tempo.follow_clock and self.timeline.clock_present(t)
-        if self.settings.steps_per_bar != self.stream.steps_per_bar:
-            # A new meter starts here, on a bar token of the old one: nothing is pending.
-            tokens = self.stream.bar_tokens_to(self.timeline.end)
-            self.stream.append(tokens)
-            self.answerer.feed(tokens)
-            self.stream.steps_per_bar = self.timeline.steps_per_bar = self.settings.steps_per_bar
+        if self.settings.steps_per_bar != self.timeline.steps_per_bar:
+            self.conversation.change_meter(self.settings.steps_per_bar)
         self.timeline.anchor(t, None if following else self.settings.tempo.bpm)
-        self.listener.call_start = self.timeline.end
+        self.listener.begin_call(self.timeline.end)
         self.phase = Phase.CALLING
 
     def _tick(self) -> None:
@@ -161,26 +166,7 @@ class JamSession:
             self._plan_handover(max(self.listener.last_release, self.timeline.position(t)))
 
     def _commit(self, t: float) -> None:
-        self._append_player_notes(self.listener.commit(self.timeline.position(t)))
-
-    def _append_player_notes(self, notes: list[Note]) -> None:
-        tokens: list[int] = []
-        for note in notes:
-            if not self.stream.can_take(note):
-                # Only after a barge-in: a player note quantised before a note the answer played.
-                self.context_dropped += 1
-                continue
-            note_tokens = self.stream.note_tokens(note)
-            self.stream.append(note_tokens)
-            tokens += note_tokens
-            self.timeline.extend_to(note.start)
-        if tokens:
-            self.answerer.feed(tokens)
-
-    def _note_sent(self, pitch: int, velocity: int, due: float, sent: float) -> None:
-        self.echoes.sent(pitch, sent)
-        if self.job is not None:
-            self.job.note_sent(due, sent)
+        self.conversation.add_player_notes(self.listener.commit(self.timeline.position(t)))
 
     # -- hand-over ------------------------------------------------------------------
     def _plan_handover(self, released: float) -> None:
@@ -198,109 +184,118 @@ class JamSession:
         t = now()
         self.listener.last_release = self.timeline.position(t)
         self._cancel_next()
-        self._start_answer(math.ceil(self.timeline.position(t + self.settings.jam.lead_ms / 1000)))
+        self._start_answer(math.ceil(self.timeline.position(t + self.settings.jam.lead_ms / 1000)), asked=True)
 
-    def _start_answer(self, start: int) -> None:
+    def _start_answer(self, start: int, asked: bool = False) -> None:
+        """`start`: the hand-over point; `asked`: by the hand-over controller, not by silence."""
         self._next = None
         position = self.timeline.position(now())
         if self.phase != Phase.CALLING or self.listener.holding(position) or self.paused:
             return
-        self._append_player_notes(self.listener.finish_call(position, start))
-        jam, bar = self.settings.jam, self.stream.steps_per_bar
-        bars = self.listener.answer_bars(jam, bar)
-        end = self.timeline.bar_at_or_before(start - 1) + bar + bars * bar  # from the bar line at or after start
-        options = AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps)
-        plan = AnswerPlan(start, end, bars, self.listener.velocity(jam.velocity), self.timeline.view, options,
-                          jam.lookahead_steps, self.output.send_ahead, self.rng)
-        self.job = AnswerJob(plan, self.stream.copy())
+        self.conversation.add_player_notes(self.listener.finish_call(position, start))
+        handover = hand_over(start, asked, self.settings.jam, self.timeline, self.listener, self.output.send_ahead,
+                             self.rng)
+        self.job = AnswerJob(handover.plan, self.conversation.stream.copy())
+        self.answerer.answer(self.job, self.playback.play, self._answer_generated)
+        if handover.commit_at is None:
+            self._commit_answer()
+        else:
+            self.phase = Phase.HANDING_OVER
+            self._next = self.loop.call_at(handover.commit_at, self._commit_answer)
+
+    def _commit_answer(self) -> None:
+        """The hand-over stands: the answer is heard."""
+        self._next = None
+        job = self.job
         self.phase = Phase.ANSWERING
+        self.playback.job = job
         self.answers += 1
-        self.emit({"type": "answer_started", "bars": bars, "start_step": start, "end_step": end})
+        self.emit({"type": "answer_started", "bars": job.plan.bars, "start_step": job.plan.start,
+                   "end_step": job.plan.end})
         self.emit({"type": "state"})
-        self.answerer.answer(self.job, self._answer_note, self._answer_generated)
+        if job.done:
+            self._take_answer(job)
+
+    def _withdraw(self) -> None:
+        """The player plays on before the prepared answer was heard: it goes, unheard and unreported."""
+        self._cancel_next()
+        self.playback.withdraw(self.job)  # none of its notes is due yet
+        self.job = None
+        self.phase = Phase.CALLING
+        self.withdrawn += 1
 
     # -- answering (loop) -------------------------------------------------------------
-    def _answer_note(self, job: AnswerJob, note: Note, tokens: list[int]) -> None:
-        if job.stop.is_set():
-            return
-        on = self.timeline.time_at(note.start)
-        off = self.timeline.time_at(note.start + note.duration)
-        self.output.play(self.settings.midi.output_channel - 1, note.pitch, note.velocity, on, off)
-        job.scheduled.append((note, tokens, on))
-
     def _answer_generated(self, job: AnswerJob) -> None:
         job.done = True
-        if job.stop.is_set():
-            return
-        for _, tokens, _ in job.scheduled:
-            self.stream.append(tokens)
-        self.timeline.end = job.plan.end
-        if job.answer.tail:
-            # Tokens the model was fed after its last note: the engine has them, the stream must too.
-            self.stream.append(job.answer.tail)
-        finish = max(self.timeline.time_at(job.plan.end), self.output.last_off_time)
-        self._next = self.loop.call_at(finish, self._answer_finished, job)
+        if not job.stop.is_set() and self.phase is Phase.ANSWERING:
+            self._take_answer(job)
+
+    def _take_answer(self, job: AnswerJob) -> None:
+        """The whole answer is generated: it joins the stream; the phase ends with its last note."""
+        self.conversation.add_answer(job)
+        self._next = self.loop.call_at(self.playback.finish_time(job), self._answer_finished, job)
 
     def _answer_finished(self, job: AnswerJob) -> None:
         self._next = None
         if self.job is job:
             self.job = None
             self.phase = Phase.IDLE
-        self._report(job)
+        self.playback.report(job)
 
     def _barge_in(self, t: float) -> None:
         """The player plays: stop the answer, keep what was played."""
-        self.stop_answer(t)
+        self._stop_answer(t)
         self.barge_ins += 1
         # A new call begins in this bar (it sets the next answer's length).
-        self.listener.call_start = self.timeline.bar_at_or_before(self.timeline.position(t))
+        self.listener.begin_call(self.timeline.bar_at_or_before(self.timeline.position(t)))
 
-    def stop_answer(self, t: float | None = None) -> None:
+    def _stop_answer(self, t: float) -> None:
         """End the answer now: release its notes; the notes already played stay in the context."""
-        job = self.job
-        if job is None:
-            return
-        t = now() if t is None else t
-        job.stop.set()
-        job.barged_in = True
-        self.output.release_all()
         self._cancel_next()
-        for note, tokens, on in job.scheduled:
-            if on - self.output.send_ahead <= t:  # sent by now
-                self.stream.append(tokens)
-                self.timeline.extend_to(note.start)
-        self.answerer.reset(list(self.stream.tokens))
-        self.job = None
+        job, self.job = self.job, None
         self.phase = Phase.CALLING
-        self._report(job)
-
-    def _report(self, job: AnswerJob) -> None:
-        self.emit(answer_report(job, self.output.stats.late_played, self.output.stats.late_dropped))
-        self.emit({"type": "state"})
+        self.playback.stop(job, t)
 
     # -- control ----------------------------------------------------------------------
     def pause(self) -> None:
+        """No hand-overs until resume(); the player is still listened to (the context)."""
         self.paused = True
-        self._cancel_next()
-        self.stop_answer()
+        self._interrupt()
         self.output.panic()
 
     def resume(self) -> None:
         self.paused = False
+        if self.phase is Phase.CALLING:  # played while paused: context, not a call to answer
+            self._end_call()
 
     def panic(self) -> None:
-        """Silence: stop the answer and send the output's panic sequence."""
-        self.stop_answer()
+        """Silence (also when a port is lost): the session starts over from IDLE."""
+        self._interrupt()
         self.output.panic()
 
     def close(self) -> None:
         """Stop everything (the daemon is exiting): nothing is left sounding."""
-        self.stop_answer()
-        for handle in (self._next, self._ticker):
-            if handle is not None:
-                handle.cancel()
+        self._interrupt()
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.answerer.close()
         self.output.panic()
+
+    def _interrupt(self) -> None:
+        """Whatever the phase: no hand-over planned, no answer prepared or playing, no call."""
+        self._cancel_next()
+        if self.phase is Phase.HANDING_OVER:
+            self._withdraw()
+        elif self.phase is Phase.ANSWERING:
+            self._stop_answer(now())
+        self._end_call()
+
+    def _end_call(self) -> None:
+        """The call in progress ends now (keys still down included) and joins the context; the
+        next onset begins a new call, anchored afresh."""
+        position = self.timeline.position(now())
+        self.conversation.add_player_notes(self.listener.finish_call(position, math.ceil(position)))
+        self.phase = Phase.IDLE
 
     def _cancel_next(self) -> None:
         if self._next is not None:

@@ -28,11 +28,20 @@ class Listener:
         self.call_start = 0  # stream bar line where the current call began
         self.last_release = 0.0  # position of the latest note-off (or hand-over request)
         self.velocities: deque[int] = deque(maxlen=VELOCITY_MEMORY)
+        self._onsets: deque[int] = deque(maxlen=2)  # the call's last two distinct onset steps
 
     # -- events -----------------------------------------------------------------------
+    def begin_call(self, start: int) -> None:
+        """A new call begins at the bar line `start`."""
+        self.call_start = start
+        self._onsets.clear()
+
     def note_on(self, pitch: int, velocity: int, position: float) -> None:
         self.velocities.append(velocity)
         self.tokenizer.note_on(pitch, velocity, position)
+        step = round(position)
+        if not self._onsets or self._onsets[-1] != step:
+            self._onsets.append(step)
 
     def note_off(self, pitch: int, position: float) -> None:
         self.tokenizer.note_off(pitch, position)
@@ -64,6 +73,15 @@ class Listener:
     def stuck(self, position: float) -> bool:
         """Keys are down, but none of them holds back a hand-over any more."""
         return bool(self.tokenizer.keys_down) and not self.tokenizer.holding(position)
+
+    def may_play_at(self, step: int) -> bool:
+        """The call's rhythm has the player's next onset due by `step`: from the last onset, `step`
+        is no further than the last inter-onset interval. Whether the player goes on or is done,
+        only `step` itself can tell (a player's note on the downbeat is the normal case)."""
+        if len(self._onsets) < 2:
+            return False
+        previous, last = self._onsets
+        return last < step <= last + (last - previous)
 
     def answer_bars(self, jam: JamSettings, steps_per_bar: int) -> int:
         """The answer's length: fixed, or the call's (from its start to the last release), capped."""

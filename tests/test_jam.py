@@ -66,12 +66,13 @@ class Duet:
     def ports(self) -> LoopbackPorts:
         return self.app.ports
 
-    async def play(self, notes: list[Note], delay: float = 0.05, velocity: int | None = None) -> float:
+    async def play(self, notes: list[Note], delay: float = 0.05, velocity: int | None = None,
+                   bpm: float = BPM) -> float:
         loop = asyncio.get_running_loop()
         start = loop.time() + delay
         if velocity is not None:
             notes = [n._replace(velocity=velocity) for n in notes]
-        await play(phrase_events(notes, BPM), self.ports.play, start)
+        await play(phrase_events(notes, bpm), self.ports.play, start)
         return start
 
     async def wait_for(self, kind: str, timeout: float = 8.0) -> dict:
@@ -126,11 +127,19 @@ def paired(recorded) -> bool:
     return all(count == 0 for count in sounding.values())
 
 
-def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights):
+# The call's last note, at step 10, is four steps after the one before: a next one is not due
+# until step 14, so silence on 14 and 15 says the call is over.
+ENDED = [Note(0, 62, 3, 90), Note(3, 65, 1, 90), Note(6, 69, 2, 90), Note(10, 67, 4, 90)]
+
+
+# CALL's rhythm (every four steps, the last at step 12) has the player's next note due on the bar
+# line: only the bar line tells whether the call goes on, so the answer begins after it.
+@pytest.mark.parametrize("call, first_step", [(ENDED, 16), (CALL, 17)], ids=["ended", "downbeat-due"])
+def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights, call, first_step):
     async def scenario():
         async with duet(tiny_weights) as d:
             assert d.app.state()["mode"] == "listening"
-            origin = await d.play(CALL)
+            origin = await d.play(call)
             started = await d.wait_for("answer_started")
             assert d.app.state()["mode"] == "answering"
             finished = await d.wait_for("answer_finished")
@@ -138,11 +147,11 @@ def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights):
             return d, origin, started, finished
 
     d, origin, started, finished = asyncio.run(scenario())
-    assert started["start_step"] == 16 and started["end_step"] == 32
+    assert started["start_step"] == first_step and started["end_step"] == 32
     notes = [(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")]
     assert notes and paired(notes)
     answer = notes_from(notes, origin, BPM)
-    assert all(16 <= n.start < 32 and n.start + n.duration <= 32 for n in answer)
+    assert all(first_step <= n.start < 32 and n.start + n.duration <= 32 for n in answer)
     assert finished["notes"] == len(answer) and finished["bars"] == 1 and not finished["barged_in"]
     for t, message in notes:
         if message.type == "note_on":
@@ -150,7 +159,7 @@ def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights):
             # On a 16th. Timing precision is the benchmark's business; a loaded CI machine may
             # stall the loop a little, but never by a quarter of a step.
             assert abs(on_grid - round(on_grid)) < 0.25
-    assert accepts(d.app.session.stream.tokens)
+    assert accepts(d.app.session.conversation.stream.tokens)
 
 
 def test_the_daemon_never_hears_its_own_echo(tiny_weights):
@@ -175,7 +184,7 @@ def test_barge_in_stops_the_answer_and_keeps_what_was_played(tiny_weights):
             # Wait for the answer's first note, then play over it.
             while not any(m.type == "note_on" for _, m in d.recorded):
                 await asyncio.sleep(0.005)
-            tokens_before = d.app.session.stream.count
+            tokens_before = d.app.session.conversation.stream.count
             await asyncio.sleep(0.3)
             d.ports.play(mido.Message("note_on", note=50, velocity=80))
             barged = loop.time()
@@ -190,7 +199,7 @@ def test_barge_in_stops_the_answer_and_keeps_what_was_played(tiny_weights):
     after = [m for t, m in d.recorded if t > barged + 0.001]
     assert not any(m.type == "note_on" and m.velocity > 0 for m in after)
     assert paired([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")])
-    assert d.app.session.stream.count > tokens_before  # the played answer notes stayed in the context
+    assert d.app.session.conversation.stream.count > tokens_before  # the played answer notes stayed in the context
     assert d.app.session.stats["barge_ins"] == 1
 
 
@@ -346,3 +355,25 @@ def test_other_channels_never_reach_the_tokenizer(tiny_weights):
 
     ignored, started = asyncio.run(scenario())
     assert ignored == [] and started["bars"] == 1
+
+
+def test_staccato_playing_is_not_interrupted(tiny_weights):
+    # Four bars of short eighth notes at 120 bpm: each one step (125 ms) long, 125 ms apart, so
+    # every bar line comes after a gap longer than lead_ms. The player's note on the bar line
+    # is the call going on, not its end.
+    bpm = 120.0
+    step = step_seconds(bpm)
+    staccato = [Note(start, 60 + start % 12, 1, 90) for start in range(0, 64, 2)]
+
+    async def scenario():
+        async with duet(tiny_weights, answer_bars=0, max_answer_bars=4, bpm=bpm) as d:
+            origin = await d.play(staccato, bpm=bpm)
+            finished = await d.wait_for("answer_finished", timeout=12)
+            return d, origin, finished
+
+    d, origin, finished = asyncio.run(scenario())
+    started = [e for e in d.events if e["type"] == "answer_started"]
+    assert len(started) == 1 and started[0]["bars"] == 4
+    assert not finished["barged_in"] and d.app.session.stats["barge_ins"] == 0
+    ons = [(t - origin) / step for t, m in d.recorded if m.type == "note_on" and m.velocity > 0]
+    assert ons and min(ons) > 64 - 0.5  # nothing during the call: the answer begins after its last bar line

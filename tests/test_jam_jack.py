@@ -28,6 +28,7 @@ BPM = 240.0
 STEP = step_seconds(BPM)
 CALL = [Note(0, 60, 2, 90), Note(4, 64, 2, 90), Note(8, 67, 2, 90), Note(12, 72, 2, 90)]
 ANTIPHON = Path(sys.executable).with_name("antiphon")
+ROOT = Path(__file__).resolve().parents[1]  # the daemon tested is this checkout's (not the installed one's)
 # JACK hands MIDI over once per period (256 frames at 48 kHz = 5.3 ms); allow a few of them.
 TRANSPORT_S = 0.025
 
@@ -39,7 +40,8 @@ class Daemon:
         command = [str(ANTIPHON), "run", "--midi-api", api, "--weights", str(weights), "--bpm", str(BPM),
                    "--seed", "1", "--lead-ms", "80", *args]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+                                             **(env or {})})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -24,7 +24,7 @@ import torch
 
 from daemon import sdnotify
 from daemon.clock import check_loop_clock, now
-from daemon.config import LIVE_SETTINGS, SECTIONS, ConfigError, Settings, load_settings, with_setting
+from daemon.config import LIVE_SETTINGS, SECTIONS, ConfigError, Settings, load_settings, mqtt_password, with_setting
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
@@ -71,7 +71,7 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
         for spec in fields(before):
             a, b = getattr(before, spec.name), getattr(after, spec.name)
             if a != b:
-                shown = "(changed)" if spec.name == "password" else f"{a!r} -> {b!r}"
+                shown = "(changed)" if spec.name in ("password", "password_file") else f"{a!r} -> {b!r}"
                 changes.append(f"{section}.{spec.name} {shown}")
     return changes
 
@@ -237,6 +237,7 @@ class JamApp:
             return
         try:
             settings = load_settings(self.config_path, self.overrides)
+            mqtt_password(settings.mqtt)
             if settings.model.weights != self.settings.model.weights:
                 check_weights(settings.model.weights)
         except (ConfigError, ValueError) as error:

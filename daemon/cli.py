@@ -9,20 +9,25 @@ import os
 import sys
 from collections.abc import Callable
 
-from daemon.config import MODEL_AND_SAMPLING, ConfigError, add_setting_flags, load_settings, overrides_from, settings_from
+from daemon.config import (
+    MODEL_AND_SAMPLING,
+    ConfigError,
+    add_setting_flags,
+    load_settings,
+    mqtt_password,
+    overrides_from,
+    settings_from,
+)
 from daemon.generate import add_parser as add_generate
+from daemon.journal import setup_logging
+from daemon.paths import installed_version
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Where the demo's settings differ from the daemon's (the flags it shares with `run` override them).
 DEMO_DEFAULTS = {"tempo": {"bpm": 120.0}, "jam": {"seed": 0}}
 
 
 def _settings(args: argparse.Namespace):
     return load_settings(args.config, overrides_from(args))
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
 def add_run(subparsers) -> None:
@@ -36,7 +41,8 @@ def run_command(args: argparse.Namespace) -> int:
     from daemon.app import JamApp, StartupError
 
     settings = _settings(args)
-    _setup_logging(settings.log.level)
+    mqtt_password(settings.mqtt)  # a missing or unreadable password file is a configuration error (exit 2)
+    setup_logging(settings.log.level)
     app = JamApp(settings, args.config, overrides_from(args))
     try:
         code = asyncio.run(app.run())
@@ -87,7 +93,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
     settings = settings_from(DEMO_DEFAULTS, "demo's defaults", overrides_from(args))
-    _setup_logging("warning")
+    setup_logging("warning")
     return run_demo(args.out, settings, args.transport)
 
 
@@ -96,6 +102,7 @@ COMMANDS: list[Callable] = [add_run, add_ports, add_demo, add_generate]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antiphon", description="A realtime MIDI jam partner.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(subparsers)

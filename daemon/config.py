@@ -31,10 +31,11 @@ Check = Callable[[Any], Any]
 
 
 def _setting(
-    default: Any, check: Check, allowed: str, help: str, flag: str | None = None,
+    default: Any, check: Check, allowed: str, help: str, flag: str | None | bool = None,
     live: bool = False, mqtt: tuple[str, ...] = (),
 ) -> Any:
-    """live: changeable while the daemon runs (JamApp.apply_setting, MQTT <prefix>/set/<name>);
+    """flag: its name (None: derived from the key; False: none, the file only);
+    live: changeable while the daemon runs (JamApp.apply_setting, MQTT <prefix>/set/<name>);
     mqtt: other names MQTT accepts for it."""
     metadata = {"check": check, "allowed": allowed, "help": help, "flag": flag, "live": live, "mqtt": mqtt}
     return field(default=default, metadata=metadata)
@@ -194,7 +195,10 @@ class MqttSettings:
     port: int = _setting(1883, number(1, 65535, True), "1..65535", "MQTT broker port", "--mqtt-port")
     client_id: str = _setting("", text, "a string", "MQTT client id (empty: generated)")
     username: str = _setting("", text, "a string", "MQTT user name")
-    password: str = _setting("", text, "a string", "MQTT password")
+    # No flags: a command line is visible to every user (ps), and --mqtt-password would abbreviate the file's.
+    password: str = _setting("", text, "a string", "MQTT password", flag=False)
+    password_file: str = _setting("", text, "a file path or empty; relative: in $CREDENTIALS_DIRECTORY (systemd's "
+                                  "LoadCredential=)", "file whose first line is the MQTT password", flag=False)
     tls_ca: str = _setting("", text, "a file path or empty", "CA certificate file (enables TLS)")
     tls_cert: str = _setting("", text, "a file path or empty", "client certificate file")
     tls_key: str = _setting("", text, "a file path or empty", "client key file")
@@ -204,6 +208,28 @@ class MqttSettings:
     def __post_init__(self) -> None:
         if not self.prefix:
             object.__setattr__(self, "prefix", default_mqtt_prefix())
+
+
+def mqtt_password(mqtt: MqttSettings) -> str:
+    """The broker password: [mqtt] password, or the first line of password_file (never a flag, where
+    `ps` would show it). A relative password_file is a systemd credential (LoadCredential=). Raises
+    ConfigError naming the file and what is wrong."""
+    if not mqtt.password_file:
+        return mqtt.password
+    if mqtt.password:
+        raise ConfigError("[mqtt] password and password_file are both set; keep one")
+    path = Path(mqtt.password_file).expanduser()
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and credentials:
+        path = Path(credentials) / path
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"[mqtt] password_file {str(path)!r} cannot be read ({getattr(error, 'strerror', None) or error})"
+                          ) from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"[mqtt] password_file {str(path)!r} is empty")
+    return lines[0]
 
 
 @dataclass(frozen=True)
@@ -370,7 +396,8 @@ def add_setting_flags(
     the document it gives settings_from) where they differ from the daemon's."""
     defaults = defaults or {}
     for section, cls in SECTIONS.items():
-        specs = [spec for spec in fields(cls) if only is None or (section, spec.name) in only]
+        specs = [spec for spec in fields(cls)
+                 if (only is None or (section, spec.name) in only) and spec.metadata["flag"] is not False]
         if not specs:
             continue
         group = parser.add_argument_group(f"[{section}] settings")

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import aiomqtt
 
-from daemon.config import LIVE_SETTINGS, finite_number
+from daemon.config import LIVE_SETTINGS, finite_number, mqtt_password
 
 __all__ = ["MqttBridge", "stop_bridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
 
@@ -179,7 +179,7 @@ class MqttBridge:
             s.port,
             identifier=s.client_id or None,
             username=s.username or None,
-            password=s.password or None,
+            password=mqtt_password(s) or None,
             tls_params=tls,
             will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
             keepalive=30,

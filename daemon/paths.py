@@ -1,13 +1,33 @@
-"""Where things live: the shipped weights (weights/ beside the daemon package in a checkout; an
-editable install keeps it there), weights named by the user, and the user's cache folder."""
+"""Where things live: the shipped weights (weights/ beside the daemon package in a checkout, which an
+editable install keeps; the package `antiphon_weights` beside it in an installed wheel), weights named by
+the user, the user's cache folder and the daemon's state folder."""
 
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
 
-WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 KINDS = ("transformer", "lstm")
+
+
+def _weights_root() -> Path:
+    # pyproject.toml maps weights/ to the package antiphon_weights: a wheel installs it under that name.
+    beside = Path(__file__).resolve().parent.parent
+    checkout = beside / "weights"
+    return checkout if (checkout / KINDS[0]).is_dir() else beside / "antiphon_weights"
+
+
+WEIGHTS_ROOT = _weights_root()
+
+
+def installed_version() -> str:
+    """The installed distribution's version (its metadata); a bare checkout that was never installed
+    says so instead of guessing."""
+    try:
+        return metadata.version("antiphon")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install .)"
 
 
 def shipped_weights(kind: str = "transformer") -> Path:

@@ -20,15 +20,26 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+import mido
 import torch
 
 from daemon import sdnotify
 from daemon.clock import check_loop_clock, now
-from daemon.config import LIVE_SETTINGS, SECTIONS, ConfigError, Settings, load_settings, mqtt_password, with_setting
+from daemon.config import (
+    CONTROL_ACTIONS,
+    LIVE_SETTINGS,
+    SECTIONS,
+    ConfigError,
+    Settings,
+    load_settings,
+    mqtt_password,
+    with_setting,
+)
+from daemon.controls import Controls
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
-from daemon.paths import weights_folder
+from daemon.paths import KINDS, state_folder, weights_folder
 from daemon.port_contract import Ports, PortsFactory
 from daemon.weights import WeightsError, read_config
 
@@ -36,8 +47,18 @@ log = logging.getLogger("antiphon")
 
 PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
 ENGINE_KEYS = ("weights", "device", "precision", "kernel")  # [model] settings a new engine is loaded for
+CONTROL_MESSAGES = ("control_change", "program_change")
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
 SWITCH_INTERVAL_S = 0.0005
+
+
+def kept_state_folder() -> Path | None:
+    """The state folder, or None (logged) where there is none: learned controls then last until exit."""
+    try:
+        return state_folder()
+    except OSError as error:
+        log.warning("no state folder: %s", error)
+        return None
 
 
 class StartupError(Exception):
@@ -93,6 +114,7 @@ class JamApp:
         config_path: str | None = None,
         overrides: dict | None = None,
         ports_factory: PortsFactory | None = None,
+        preset: str = "",
     ) -> None:
         self.settings = settings
         self.config_path = config_path
@@ -107,6 +129,10 @@ class JamApp:
         self._mqtt: asyncio.Task | None = None
         self._swap: asyncio.Task | None = None
         self._status = ""
+        self.controls: Controls | None = None
+        self.preset = preset  # the preset selected last ("" none)
+        # next-weights steps through the configured weights and the shipped ones.
+        self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
 
     @property
     def ports(self) -> Ports | None:
@@ -130,6 +156,8 @@ class JamApp:
             "answer_bars": s.jam.answer_bars,
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
+            "preset": self.preset,
+            "controls": self.controls.map() if self.controls else {},
         }
 
     @property
@@ -166,9 +194,47 @@ class JamApp:
             self.session.resume()
         elif action == "panic":
             self.session.panic()
+        elif action == "next-weights":
+            cycle = self.weights_cycle
+            current = self.settings.model.weights
+            self.apply_setting("weights", cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else cycle[0])
         else:
-            raise ValueError(f"unknown action {action!r}; known: pause, resume, panic")
+            raise ValueError(f"unknown action {action!r}; known: {', '.join(CONTROL_ACTIONS)}")
         self._emit({"type": "state"})
+
+    def learn(self, name: str) -> None:
+        """MIDI learn: the next controller that moves is bound to this setting or action."""
+        if self.controls is None:
+            raise ValueError("the daemon is still starting")
+        self.controls.learn(name)
+
+    def select_preset(self, name: str) -> asyncio.Task | None:
+        """Apply a [presets.NAME] table; ValueError (changing nothing) on an unknown name or weights that
+        cannot be loaded. Returns the weights swap's task when the preset changes the weights."""
+        preset = next((p for p in self.settings.presets if p.name == name), None)
+        if preset is None:
+            known = ", ".join(p.name for p in self.settings.presets) or "none in the config"
+            raise ValueError(f"no preset {name!r}; known: {known}")
+        values = dict(preset.values)
+        if "weights" in values:
+            check_weights(values["weights"])
+        settings = self.settings
+        for key, value in values.items():
+            if key != "weights":
+                settings = with_setting(settings, LIVE_SETTINGS[key].section, key, value)
+        self.preset = name
+        log.info("preset %s", name)
+        self._use(settings)
+        if "weights" in values and values["weights"] != self.settings.model.weights:
+            return self._start_swap(values["weights"])
+        return None
+
+    def select_preset_number(self, number: int) -> asyncio.Task | None:
+        """Program change `number` (0 = the first preset in the file; keyboards often show it as 1)."""
+        presets = self.settings.presets
+        if not 0 <= number < len(presets):
+            raise ValueError(f"program change {number}: there are {len(presets)} presets (0..{len(presets) - 1})")
+        return self.select_preset(presets[number].name)
 
     def add_listener(self, callback: Callable[[dict], None]) -> None:
         self.listeners.append(callback)
@@ -195,7 +261,8 @@ class JamApp:
             self._remove_signal_handlers()
             return 0
         self.session = JamSession(loop, self.settings, engine, self.midi.send, self._emit)
-        self.midi.start(loop, self.settings.midi, self.session.receive)
+        self.controls = Controls(self, self._emit, self.settings.controls, kept_state_folder())
+        self.midi.start(loop, self.settings.midi, self._receive)
         self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
         self._start_mqtt()
         await asyncio.wrap_future(self.session.answerer.idle())  # engine primed
@@ -246,6 +313,7 @@ class JamApp:
         old = self.settings
         changes = changed_settings(old, settings)
         self._use(settings)
+        self.controls.configure(settings.controls)
         if any(getattr(settings.model, k) != getattr(old.model, k) for k in ENGINE_KEYS):
             self._start_swap(settings.model.weights)
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
@@ -257,6 +325,13 @@ class JamApp:
         log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
     # -- internals --------------------------------------------------------------------
+    def _receive(self, message: mido.Message, arrived: float) -> None:
+        if message.type in CONTROL_MESSAGES:
+            channel = self.settings.midi.input_channel
+            if not channel or message.channel == channel - 1:
+                self.controls.receive(message)
+        self.session.receive(message, arrived)
+
     def _use(self, settings: Settings) -> None:
         # The weights in use change only once a swap has loaded them.
         self.settings = replace(settings, model=replace(settings.model, weights=self.settings.model.weights))

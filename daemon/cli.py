@@ -17,6 +17,7 @@ from daemon.config import (
     mqtt_password,
     overrides_from,
     settings_from,
+    with_preset,
 )
 from daemon.generate import add_parser as add_generate
 from daemon.journal import setup_logging
@@ -33,17 +34,27 @@ def _settings(args: argparse.Namespace):
 def add_run(subparsers) -> None:
     parser = subparsers.add_parser("run", help="the jam daemon: listen on MIDI in, answer on MIDI out")
     parser.add_argument("--config", default=None, help="TOML config file (default: ~/.config/antiphon/config.toml)")
+    parser.add_argument("--preset", default="", help="start with this [presets.NAME] table of the config applied")
     add_setting_flags(parser)
     parser.set_defaults(handler=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from daemon.app import JamApp, StartupError
+    from daemon.app import JamApp, StartupError, check_weights
 
     settings = _settings(args)
     mqtt_password(settings.mqtt)  # a missing or unreadable password file is a configuration error (exit 2)
+    for preset in settings.presets:
+        for key, value in preset.values:
+            if key == "weights":
+                try:
+                    check_weights(value)
+                except ValueError as error:
+                    raise ConfigError(f"{settings.source}: preset {preset.name!r}: weights {error}") from None
+    if args.preset:
+        settings = with_preset(settings, args.preset)
     setup_logging(settings.log.level)
-    app = JamApp(settings, args.config, overrides_from(args))
+    app = JamApp(settings, args.config, overrides_from(args), preset=args.preset)
     try:
         code = asyncio.run(app.run())
     except StartupError as error:

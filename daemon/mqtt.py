@@ -5,7 +5,9 @@ Topics under the configured prefix:
   <prefix>/state         retained JSON state document, republished on change and on reconnect
   <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, answer_bars,
                          weights), plain or JSON payload
-  <prefix>/cmd/<action>  pause, resume, panic (payload ignored)
+  <prefix>/cmd/<action>  pause, resume, panic, next-weights (payload ignored)
+  <prefix>/set/preset    a [presets.NAME] of the config
+  <prefix>/cmd/learn     MIDI learn: the payload names the setting or action the next controller moves
   <prefix>/event         JSON events (answer started/finished, port lost/regained)
   <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
 
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 
 import aiomqtt
 
-from daemon.config import LIVE_SETTINGS, finite_number, mqtt_password
+from daemon.config import CONTROL_ACTIONS, LIVE_SETTINGS, finite_number, mqtt_password
 
 __all__ = ["MqttBridge", "stop_bridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
 
@@ -50,7 +52,10 @@ EVENT_QUEUE_SIZE = 1024
 SETTINGS: dict[str, type] = {name: setting.type for name, setting in LIVE_SETTINGS.items()}
 # Other spellings of the settings (config.py's mqtt=...), accepted next to the state document's keys.
 SETTING_ALIASES = {alias: name for name, setting in LIVE_SETTINGS.items() for alias in setting.aliases}
-ACTIONS = ("pause", "resume", "panic")
+ACTIONS = CONTROL_ACTIONS
+# Topics that take a name as payload rather than a setting's value or nothing.
+PRESET_SETTING = "preset"  # <prefix>/set/preset: a [presets.NAME] of the config
+LEARN_ACTION = "learn"  # <prefix>/cmd/learn: MIDI learn for the setting or action named
 
 
 async def stop_bridge(task: asyncio.Task) -> None:
@@ -75,6 +80,8 @@ class JamAppLike(Protocol):
     def state(self) -> dict: ...
     def apply_setting(self, name: str, value: Any) -> Any: ...
     def command(self, action: str) -> Any: ...
+    def select_preset(self, name: str) -> Any: ...
+    def learn(self, name: str) -> Any: ...
     def add_listener(self, callback: Callable[[dict], None]) -> Any: ...
     def remove_listener(self, callback: Callable[[dict], None]) -> Any: ...
 
@@ -309,6 +316,8 @@ class MqttBridge:
         except UnicodeDecodeError as exc:
             raise CommandError(f"payload is not valid UTF-8 (byte {exc.start})") from None
         kind, _, name = topic[len(self.prefix) + 1:].partition("/")
+        if (kind, name) in (("set", PRESET_SETTING), ("cmd", LEARN_ACTION)):
+            return self._dispatch_named(name, text)
         if kind == "set":
             setting = SETTING_ALIASES.get(name, name)
             if setting not in SETTINGS:
@@ -319,6 +328,18 @@ class MqttBridge:
                 raise CommandError(f"unknown action {name!r}; known: {', '.join(ACTIONS)}")
             return self.app.command(name)
         raise CommandError(f"unknown topic {topic!r}")
+
+    def _dispatch_named(self, name: str, text: str) -> Any:
+        """set/preset and cmd/learn: the payload names a preset, or the setting or action to learn."""
+        chosen = text.strip()
+        if chosen.startswith('"'):
+            try:
+                chosen = json.loads(chosen)
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"invalid JSON string: {exc.msg}") from None
+        if not isinstance(chosen, str) or not chosen:
+            raise CommandError(f"expected a {'preset' if name == PRESET_SETTING else 'setting or action'} name")
+        return self.app.select_preset(chosen) if name == PRESET_SETTING else self.app.learn(chosen)
 
     async def _finish_slow(self, client: aiomqtt.Client, topic: str, payload: bytes, outcome: Any) -> None:
         try:

@@ -69,3 +69,32 @@ def cache_folder(*parts: str) -> Path:
     except OSError as error:
         raise OSError(f"cannot make {folder} ({error.strerror or error})") from None
     return folder
+
+
+def _private_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot make {folder} ({error.strerror or error})") from None
+    return folder
+
+
+def state_folder() -> Path:
+    """What the daemon keeps across restarts (learned controls): $STATE_DIRECTORY under systemd (its
+    first entry), else $XDG_STATE_HOME/antiphon or ~/.local/state/antiphon; never the user's config
+    folder. Made with mode 0700 when missing; raises OSError saying why there is none."""
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return _private_folder(Path(systemd))
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return _private_folder(Path(base) / "antiphon")
+
+
+def default_takes_folder() -> Path:
+    """$STATE_DIRECTORY/takes under systemd, else $XDG_DATA_HOME/antiphon/takes or
+    ~/.local/share/antiphon/takes (not made here)."""
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd) / "takes"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "antiphon" / "takes"

@@ -39,8 +39,9 @@ from daemon.controls import Controls
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
-from daemon.paths import KINDS, state_folder, weights_folder
+from daemon.paths import KINDS, default_takes_folder, state_folder, weights_folder
 from daemon.port_contract import Ports, PortsFactory
+from daemon.takes import TakeRecorder
 from daemon.weights import WeightsError, read_config
 
 log = logging.getLogger("antiphon")
@@ -48,6 +49,7 @@ log = logging.getLogger("antiphon")
 PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
 ENGINE_KEYS = ("weights", "device", "precision", "kernel")  # [model] settings a new engine is loaded for
 CONTROL_MESSAGES = ("control_change", "program_change")
+NOTE_MESSAGES = ("note_on", "note_off")
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
 SWITCH_INTERVAL_S = 0.0005
 
@@ -58,6 +60,19 @@ def kept_state_folder() -> Path | None:
         return state_folder()
     except OSError as error:
         log.warning("no state folder: %s", error)
+        return None
+
+
+def open_takes(settings: Settings) -> TakeRecorder | None:
+    """The take recorder for [takes], or None when off or when its folder cannot be made (logged)."""
+    takes = settings.takes
+    if not takes.dir:
+        return None
+    folder = default_takes_folder() if takes.dir == "auto" else Path(takes.dir).expanduser()
+    try:
+        return TakeRecorder(folder, takes.max_files, int(takes.max_mb * 1e6), settings.jam.echo_window_ms / 1000)
+    except OSError as error:
+        log.warning("takes are not kept: cannot use %s (%s)", folder, error.strerror or error)
         return None
 
 
@@ -130,6 +145,7 @@ class JamApp:
         self._swap: asyncio.Task | None = None
         self._status = ""
         self.controls: Controls | None = None
+        self.takes: TakeRecorder | None = None
         self.preset = preset  # the preset selected last ("" none)
         # next-weights steps through the configured weights and the shipped ones.
         self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
@@ -150,8 +166,7 @@ class JamApp:
                         "kernel": engine.kernel if engine else s.model.kernel},
             "temperature": s.jam.temperature,
             "top_p": s.jam.top_p,
-            "bpm": round(self.session.timeline.grid.bpm, 2) if self.session and self.session.timeline.clock_present(now())
-            else s.tempo.bpm,
+            "bpm": self._tempo(),
             "meter": s.tempo.meter,
             "answer_bars": s.jam.answer_bars,
             "ports": self.midi.status(),
@@ -260,7 +275,8 @@ class JamApp:
         if self._stop.is_set():  # SIGTERM while loading
             self._remove_signal_handlers()
             return 0
-        self.session = JamSession(loop, self.settings, engine, self.midi.send, self._emit)
+        self.takes = open_takes(self.settings)
+        self.session = JamSession(loop, self.settings, engine, self._send, self._emit)
         self.controls = Controls(self, self._emit, self.settings.controls, kept_state_folder())
         self.midi.start(loop, self.settings.midi, self._receive)
         self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
@@ -285,6 +301,8 @@ class JamApp:
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         if self.session is not None:
             self.session.close()
+        if self.takes is not None:
+            self.takes.close(self._tempo(), self.settings.tempo.meter)
         for task in [*self._tasks, *(t for t in (self._swap,) if t)]:
             task.cancel()
         await asyncio.gather(*self._tasks, self.midi.stop_watching(), *(self._stop_mqtt(self._mqtt),) if self._mqtt else (),
@@ -314,6 +332,10 @@ class JamApp:
         changes = changed_settings(old, settings)
         self._use(settings)
         self.controls.configure(settings.controls)
+        if settings.takes != old.takes:
+            if self.takes is not None:
+                self.takes.close(self._tempo(), old.tempo.meter)
+            self.takes = open_takes(settings)
         if any(getattr(settings.model, k) != getattr(old.model, k) for k in ENGINE_KEYS):
             self._start_swap(settings.model.weights)
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
@@ -326,11 +348,24 @@ class JamApp:
 
     # -- internals --------------------------------------------------------------------
     def _receive(self, message: mido.Message, arrived: float) -> None:
-        if message.type in CONTROL_MESSAGES:
-            channel = self.settings.midi.input_channel
-            if not channel or message.channel == channel - 1:
-                self.controls.receive(message)
+        channel = self.settings.midi.input_channel
+        listened = not channel or getattr(message, "channel", None) == channel - 1
+        if listened and message.type in NOTE_MESSAGES and self.takes is not None:
+            self.takes.player(message, arrived - self.settings.jam.input_latency_ms / 1000)
+        elif listened and message.type in CONTROL_MESSAGES:
+            self.controls.receive(message)
         self.session.receive(message, arrived)
+
+    def _send(self, message: mido.Message) -> None:
+        self.midi.send(message)
+        if self.takes is not None and message.type in NOTE_MESSAGES:
+            self.takes.model(message, now())
+
+    def _tempo(self) -> float:
+        """The tempo in use: an external clock's while one runs, else the setting."""
+        if self.session is not None and self.session.timeline.clock_present(now()):
+            return round(self.session.timeline.grid.bpm, 2)
+        return self.settings.tempo.bpm
 
     def _use(self, settings: Settings) -> None:
         # The weights in use change only once a swap has loaded them.
@@ -391,6 +426,10 @@ class JamApp:
         self._emit({"type": "state"})
 
     def _emit(self, event: dict) -> None:
+        if event["type"] == "answer_finished" and self.takes is not None:
+            take = self.takes.flush(self._tempo(), self.settings.tempo.meter)
+            if take is not None:
+                event["take"] = str(take)
         if event["type"] == "state":
             status = f"STATUS={self.mode}"
             if status != self._status:

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from daemon.config import (
     MODEL_AND_SAMPLING,
@@ -108,7 +109,40 @@ def demo_command(args: argparse.Namespace) -> int:
     return run_demo(args.out, settings, args.transport)
 
 
-COMMANDS: list[Callable] = [add_run, add_ports, add_demo, add_generate]
+def add_takes(subparsers) -> None:
+    parser = subparsers.add_parser("takes", help="list the takes kept ([takes] dir): date, length, notes")
+    parser.add_argument("--config", default=None, help="TOML config file (default: ~/.config/antiphon/config.toml)")
+    add_setting_flags(parser, frozenset({("takes", "dir")}))
+    parser.set_defaults(handler=takes_command)
+
+
+def takes_command(args: argparse.Namespace) -> int:
+    import time
+
+    from daemon.paths import default_takes_folder
+    from daemon.takes import PATTERN, summarize
+
+    folder_setting = _settings(args).takes.dir
+    if not folder_setting:
+        print("takes are off ([takes] dir is empty)", file=sys.stderr)
+        return 1
+    folder = default_takes_folder() if folder_setting == "auto" else Path(folder_setting).expanduser()
+    paths = sorted(folder.glob(PATTERN))
+    print(f"{len(paths)} takes in {folder}")
+    for path in paths:
+        try:
+            take = summarize(path)
+        except ValueError as error:
+            print(f"  {error}")
+            continue
+        date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+        minutes, seconds = divmod(round(take.seconds), 60)
+        print(f"  {date}  {minutes:3d}:{seconds:02d}  {take.player_notes:5d} played  {take.model_notes:5d} answered  "
+              f"{path.name}")
+    return 0
+
+
+COMMANDS: list[Callable] = [add_run, add_ports, add_demo, add_generate, add_takes]
 
 
 def build_parser() -> argparse.ArgumentParser:

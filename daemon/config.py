@@ -1,6 +1,7 @@
 """Every setting of the daemon: one TOML file, each key also a command-line flag.
 
-The file has one table per section ([midi], [tempo], [jam], [model], [mqtt], [log]); flags
+The file has one table per section ([midi], [tempo], [jam], [model], [mqtt], [takes], [log],
+and the named tables [controls] and [presets.NAME]); flags
 override the file. Each setting is declared once below (default, check, what is allowed,
 help, flag, and whether it can change while the daemon runs, with its MQTT names); the TOML
 reader, the flags of every command, the settings the app and MQTT change at run time
@@ -234,6 +235,14 @@ def mqtt_password(mqtt: MqttSettings) -> str:
 
 
 @dataclass(frozen=True)
+class TakesSettings:
+    dir: str = _setting("auto", text, "auto ($STATE_DIRECTORY/takes under systemd, else ~/.local/share/antiphon/takes), "
+                        "a folder, or empty (off)", "folder every take is written to as MIDI files", "--takes-dir")
+    max_files: int = _setting(500, number(1, 100000, True), "1..100000", "takes kept; the oldest go first")
+    max_mb: float = _setting(200.0, number(0.1, 100000), "0.1..100000", "megabytes of takes kept; the oldest go first")
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = _setting("info", choice("debug", "info", "warning", "error"), "debug, info, warning or error",
                           "log level")
@@ -245,6 +254,7 @@ SECTIONS: dict[str, type] = {
     "jam": JamSettings,
     "model": ModelSettings,
     "mqtt": MqttSettings,
+    "takes": TakesSettings,
     "log": LogSettings,
 }
 # The settings of every command that runs a model (run, generate, demo): the same flags, checks
@@ -282,6 +292,7 @@ class Settings:
     jam: JamSettings = field(default_factory=JamSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    takes: TakesSettings = field(default_factory=TakesSettings)
     log: LogSettings = field(default_factory=LogSettings)
     controls: tuple[ControlBinding, ...] = ()
     presets: tuple[Preset, ...] = ()

@@ -146,6 +146,7 @@ class JamApp:
         self._status = ""
         self.controls: Controls | None = None
         self.takes: TakeRecorder | None = None
+        self.last_latency_ms: float | None = None  # the last answer's response latency
         self.preset = preset  # the preset selected last ("" none)
         # next-weights steps through the configured weights and the shipped ones.
         self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
@@ -161,7 +162,7 @@ class JamApp:
         engine = self.session.answerer.engine if self.session else None
         return {
             "mode": self.mode,
-            "weights": {"path": str(folder), "kind": engine.kind if engine else "",
+            "weights": {"name": s.model.weights, "path": str(folder), "kind": engine.kind if engine else "",
                         "precision": engine.precision if engine else s.model.precision,
                         "kernel": engine.kernel if engine else s.model.kernel},
             "temperature": s.jam.temperature,
@@ -172,6 +173,7 @@ class JamApp:
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
             "preset": self.preset,
+            "last_latency_ms": self.last_latency_ms,
             "controls": self.controls.map() if self.controls else {},
         }
 
@@ -243,6 +245,11 @@ class JamApp:
         if "weights" in values and values["weights"] != self.settings.model.weights:
             return self._start_swap(values["weights"])
         return None
+
+    def discovery_options(self) -> tuple[list[str], list[str]]:
+        """The weights a selector offers (the current ones first) and the presets' names."""
+        weights = list(dict.fromkeys([self.settings.model.weights, *self.weights_cycle]))
+        return weights, [p.name for p in self.settings.presets]
 
     def select_preset_number(self, number: int) -> asyncio.Task | None:
         """Program change `number` (0 = the first preset in the file; keyboards often show it as 1)."""
@@ -342,7 +349,8 @@ class JamApp:
             self._reopen_ports(settings)
         if settings.mqtt != old.mqtt:
             # Until the new bridge runs, the restart is the task to cancel on shutdown.
-            self._mqtt = self.loop.create_task(self._restart_mqtt(self._mqtt), name="mqtt-restart")
+            retired = old.mqtt.discovery_prefix if old.mqtt.discovery_prefix != settings.mqtt.discovery_prefix else None
+            self._mqtt = self.loop.create_task(self._restart_mqtt(self._mqtt, retired), name="mqtt-restart")
         logging.getLogger().setLevel(settings.log.level.upper())
         log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
@@ -399,12 +407,12 @@ class JamApp:
         self.midi.restart(self.loop, settings.midi)
         self._emit({"type": "state"})
 
-    async def _restart_mqtt(self, previous: asyncio.Task | None) -> None:
+    async def _restart_mqtt(self, previous: asyncio.Task | None, retired_discovery: str | None) -> None:
         # The old connection says "offline" before the new one says "online" (same broker and
         # prefix: the other order would leave "offline" retained).
         if previous is not None:
             await self._stop_mqtt(previous)
-        self._start_mqtt()
+        self._start_mqtt(retired_discovery)
 
     @staticmethod
     async def _stop_mqtt(task: asyncio.Task) -> None:
@@ -412,12 +420,17 @@ class JamApp:
 
         await stop_bridge(task)
 
-    def _start_mqtt(self) -> None:
+    def _start_mqtt(self, retired_discovery: str | None = None) -> None:
         if not self.settings.mqtt.host:
             return
+        from daemon.discovery import DEFAULT_PREFIX
         from daemon.mqtt import MqttBridge
 
-        self._mqtt = self.loop.create_task(MqttBridge(self, self.settings.mqtt).run(), name="mqtt")
+        # Discovery's documents go when it is turned off: those under the prefix used before a
+        # reload, else (after a restart nothing else is known) under the default prefix.
+        retired = DEFAULT_PREFIX if retired_discovery is None else retired_discovery
+        bridge = MqttBridge(self, self.settings.mqtt, retired)
+        self._mqtt = self.loop.create_task(bridge.run(), name="mqtt")
 
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
@@ -426,6 +439,8 @@ class JamApp:
         self._emit({"type": "state"})
 
     def _emit(self, event: dict) -> None:
+        if event["type"] == "answer_finished":
+            self.last_latency_ms = event.get("latency_ms")
         if event["type"] == "answer_finished" and self.takes is not None:
             take = self.takes.flush(self._tempo(), self.settings.tempo.meter)
             if take is not None:

@@ -206,6 +206,8 @@ class MqttSettings:
     tls_key: str = _setting("", text, "a file path or empty", "client key file")
     prefix: str = _setting("", topic_prefix, "a topic prefix (empty: antiphon/<hostname>)", "MQTT topic prefix",
                            "--mqtt-prefix")
+    discovery_prefix: str = _setting("homeassistant", topic_prefix, "a topic prefix or empty (off: the documents are "
+                                     "removed)", "Home Assistant MQTT discovery prefix")
 
     def __post_init__(self) -> None:
         if not self.prefix:

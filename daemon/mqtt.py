@@ -8,6 +8,8 @@ Topics under the configured prefix:
   <prefix>/cmd/<action>  pause, resume, panic, next-weights (payload ignored)
   <prefix>/set/preset    a [presets.NAME] of the config
   <prefix>/cmd/learn     MIDI learn: the payload names the setting or action the next controller moves
+  <prefix>/set/paused    ON/OFF: pause or resume (Home Assistant's switch)
+  <discovery prefix>/... retained Home Assistant discovery documents (daemon/discovery.py)
   <prefix>/event         JSON events (answer started/finished, port lost/regained)
   <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
 
@@ -28,7 +30,10 @@ from typing import Any, Protocol
 
 import aiomqtt
 
+from daemon import discovery
 from daemon.config import CONTROL_ACTIONS, LIVE_SETTINGS, finite_number, mqtt_password
+from daemon.discovery import DEFAULT_PREFIX as DEFAULT_DISCOVERY
+from daemon.paths import installed_version
 
 __all__ = ["MqttBridge", "stop_bridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
 
@@ -56,6 +61,8 @@ ACTIONS = CONTROL_ACTIONS
 # Topics that take a name as payload rather than a setting's value or nothing.
 PRESET_SETTING = "preset"  # <prefix>/set/preset: a [presets.NAME] of the config
 LEARN_ACTION = "learn"  # <prefix>/cmd/learn: MIDI learn for the setting or action named
+PAUSED_SETTING = "paused"  # <prefix>/set/paused: ON/OFF (Home Assistant's switch), true/false, 1/0
+SWITCH_PAYLOADS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
 async def stop_bridge(task: asyncio.Task) -> None:
@@ -82,6 +89,7 @@ class JamAppLike(Protocol):
     def command(self, action: str) -> Any: ...
     def select_preset(self, name: str) -> Any: ...
     def learn(self, name: str) -> Any: ...
+    def discovery_options(self) -> tuple[list[str], list[str]]: ...
     def add_listener(self, callback: Callable[[dict], None]) -> Any: ...
     def remove_listener(self, callback: Callable[[dict], None]) -> Any: ...
 
@@ -147,9 +155,12 @@ def _echo(payload: bytes) -> str:
 class MqttBridge:
     """Connects the app to a broker; run() until cancelled, reconnecting on its own."""
 
-    def __init__(self, app: JamAppLike, settings: Any) -> None:
+    def __init__(self, app: JamAppLike, settings: Any, retired_discovery: str = DEFAULT_DISCOVERY) -> None:
+        """retired_discovery: a discovery prefix whose documents this bridge removes (the one in use
+        before a reload; the default one when discovery is off)."""
         self.app = app
         self.settings = settings
+        self.retired_discovery = retired_discovery
         self.prefix = settings.prefix
         self.status_topic = f"{self.prefix}/status"
         self.state_topic = f"{self.prefix}/state"
@@ -276,6 +287,7 @@ class MqttBridge:
         await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
         await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         await self._publish_state(client)
+        await self._publish_discovery(client)
         _honour_swallowed_cancel()
         while True:
             event = await self._events.get()
@@ -285,6 +297,17 @@ class MqttBridge:
             else:
                 await client.publish(self.event_topic, json.dumps(event, separators=(",", ":")), qos=1)
             _honour_swallowed_cancel()
+
+    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        """Home Assistant's retained config documents, or their removal where discovery is off."""
+        weights, presets = self.app.discovery_options()
+        current = self.settings.discovery_prefix
+        if self.retired_discovery and self.retired_discovery != current:
+            for topic in discovery.removals(self.retired_discovery, self.prefix, weights, presets):
+                await client.publish(topic, b"", qos=1, retain=True)
+        if current:
+            for topic, document in discovery.documents(current, self.prefix, weights, presets, installed_version()):
+                await client.publish(topic, document, qos=1, retain=True)
 
     async def _publish_error(self, client: aiomqtt.Client, topic: str, payload: bytes, reason: str) -> None:
         log.info("MQTT: rejected %s: %s", topic, reason)
@@ -318,6 +341,11 @@ class MqttBridge:
         kind, _, name = topic[len(self.prefix) + 1:].partition("/")
         if (kind, name) in (("set", PRESET_SETTING), ("cmd", LEARN_ACTION)):
             return self._dispatch_named(name, text)
+        if (kind, name) == ("set", PAUSED_SETTING):
+            paused = SWITCH_PAYLOADS.get(text.strip().strip('"').lower())
+            if paused is None:
+                raise CommandError(f"expected ON or OFF (or true/false, 1/0), got {text.strip()[:40]!r}")
+            return self.app.command("pause" if paused else "resume")
         if kind == "set":
             setting = SETTING_ALIASES.get(name, name)
             if setting not in SETTINGS:

@@ -25,7 +25,8 @@ from daemon.journal import setup_logging
 from daemon.paths import installed_version
 
 # Where the demo's settings differ from the daemon's (the flags it shares with `run` override them).
-DEMO_DEFAULTS = {"tempo": {"bpm": 120.0}, "jam": {"seed": 0}}
+# No takes: the demo writes its own MIDI file.
+DEMO_DEFAULTS = {"tempo": {"bpm": 120.0}, "jam": {"seed": 0}, "takes": {"dir": ""}}
 
 
 def _settings(args: argparse.Namespace):

@@ -441,8 +441,7 @@ class JamApp:
     def _emit(self, event: dict) -> None:
         if event["type"] == "answer_finished":
             self.last_latency_ms = event.get("latency_ms")
-        if event["type"] == "answer_finished" and self.takes is not None:
-            take = self.takes.flush(self._tempo(), self.settings.tempo.meter)
+            take = self.takes.flush(self._tempo(), self.settings.tempo.meter) if self.takes is not None else None
             if take is not None:
                 event["take"] = str(take)
         if event["type"] == "state":

@@ -189,3 +189,17 @@ def test_midi_learn_binds_the_next_controller_across_a_restart(instrument: Instr
         assert time.monotonic() < deadline, f"the learned knob did nothing after the restart: {state}"
         instrument.send(cc(40, 127))
         time.sleep(0.2)
+
+
+@pytest.mark.jack
+@pytest.mark.mqtt
+@pytest.mark.parametrize("topic, payload, reason", [
+    ("cmd/learn", "weights", "cannot learn 'weights'"),
+    ("cmd/learn", "", "expected a setting or action name"),
+    ("set/paused", "maybe", "expected ON or OFF"),
+])
+def test_named_commands_are_checked(instrument: Instrument, topic: str, payload: str, reason: str) -> None:
+    mark = instrument.observer.mark()
+    instrument.observer.publish(topic, payload)
+    error = instrument.observer.wait_for(lambda: instrument.observer.latest("error", mark), f"an error for {topic}")
+    assert reason in error.json()["reason"] and error.json()["topic"].endswith(topic)

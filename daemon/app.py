@@ -36,6 +36,7 @@ from daemon.config import (
     with_setting,
 )
 from daemon.controls import Controls
+from daemon.discovery import DEFAULT_PREFIX, DISCOVERY_CHANGED
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
@@ -347,6 +348,9 @@ class JamApp:
             self._start_swap(settings.model.weights)
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
             self._reopen_ports(settings)
+        if settings.presets != old.presets or settings.model.weights != old.model.weights:
+            self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
+            self._emit({"type": DISCOVERY_CHANGED})  # Home Assistant's selects offer the new options
         if settings.mqtt != old.mqtt:
             # Until the new bridge runs, the restart is the task to cancel on shutdown.
             retired = old.mqtt.discovery_prefix if old.mqtt.discovery_prefix != settings.mqtt.discovery_prefix else None
@@ -423,7 +427,6 @@ class JamApp:
     def _start_mqtt(self, retired_discovery: str | None = None) -> None:
         if not self.settings.mqtt.host:
             return
-        from daemon.discovery import DEFAULT_PREFIX
         from daemon.mqtt import MqttBridge
 
         # Discovery's documents go when it is turned off: those under the prefix used before a

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 from daemon.config import LIVE_SETTINGS, setting_bounds
 
 DEFAULT_PREFIX = "homeassistant"
+# The app's event (never published) that the presets or weights the selects offer have changed.
+DISCOVERY_CHANGED = "discovery_changed"
 
 
 class Entity(NamedTuple):

@@ -33,6 +33,7 @@ import aiomqtt
 from daemon import discovery
 from daemon.config import CONTROL_ACTIONS, LIVE_SETTINGS, finite_number, mqtt_password
 from daemon.discovery import DEFAULT_PREFIX as DEFAULT_DISCOVERY
+from daemon.discovery import DISCOVERY_CHANGED
 from daemon.paths import installed_version
 
 __all__ = ["MqttBridge", "stop_bridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
@@ -294,6 +295,8 @@ class MqttBridge:
             if event.get("type") == "state":
                 self._state_pending = False
                 await self._publish_state(client)
+            elif event.get("type") == DISCOVERY_CHANGED:
+                await self._publish_discovery(client)
             else:
                 await client.publish(self.event_topic, json.dumps(event, separators=(",", ":")), qos=1)
             _honour_swallowed_cancel()

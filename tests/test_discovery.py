@@ -81,6 +81,14 @@ def test_the_daemon_appears_in_home_assistant_and_obeys_and_leaves(jack_server: 
         hub.client.publish(paused["command_topic"], paused["payload_on"], qos=1).wait_for_publish(timeout=5)
         observer.wait_state(lambda s: s["paused"] is True, "paused from the switch", mark)
 
+        # A preset added by a reload: the preset select appears.
+        preset = f"select/{prefix.replace('/', '_')}/preset/config"
+        sections["presets.warm"] = {"temperature": 0.4}
+        daemon.config.write_text(toml(sections))
+        daemon.signal(signal.SIGHUP)
+        offered = hub.wait_for(lambda: hub.latest(preset), "the preset select after a reload")
+        assert offered.json()["options"] == ["warm"]
+
         # Discovery turned off: every document is removed (an empty retained config).
         sections["mqtt"]["discovery_prefix"] = ""
         daemon.config.write_text(toml(sections))

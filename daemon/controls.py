@@ -103,7 +103,9 @@ class Controls:
             return {}
         try:
             document = json.loads(self.learned_path.read_text())
-            learned = {learnable(t): int(cc) for t, cc in document.items() if 0 <= int(cc) <= 127 and cc != MIDDLE}
+            learned = {learnable(t): int(cc) for t, cc in document.items()}
+            if any(not 0 <= cc <= 127 or cc == MIDDLE for cc in learned.values()):
+                raise ValueError("a controller outside 0..127 or the sustain pedal's")
         except (OSError, ValueError, TypeError, AttributeError) as error:
             log.warning("ignoring learned controls in %s: %s", self.learned_path, error)
             return {}

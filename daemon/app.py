@@ -20,24 +20,61 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+import mido
 import torch
 
 from daemon import sdnotify
 from daemon.clock import check_loop_clock, now
-from daemon.config import LIVE_SETTINGS, SECTIONS, ConfigError, Settings, load_settings, with_setting
+from daemon.config import (
+    CONTROL_ACTIONS,
+    LIVE_SETTINGS,
+    SECTIONS,
+    ConfigError,
+    Settings,
+    load_settings,
+    mqtt_password,
+    with_setting,
+)
+from daemon.controls import Controls
+from daemon.discovery import DEFAULT_PREFIX, DISCOVERY_CHANGED
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
-from daemon.paths import weights_folder
+from daemon.paths import KINDS, default_takes_folder, state_folder, weights_folder
 from daemon.port_contract import Ports, PortsFactory
+from daemon.takes import TakeRecorder
 from daemon.weights import WeightsError, read_config
 
 log = logging.getLogger("antiphon")
 
 PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
 ENGINE_KEYS = ("weights", "device", "precision", "kernel")  # [model] settings a new engine is loaded for
+CONTROL_MESSAGES = ("control_change", "program_change")
+NOTE_MESSAGES = ("note_on", "note_off")
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
 SWITCH_INTERVAL_S = 0.0005
+
+
+def kept_state_folder() -> Path | None:
+    """The state folder, or None (logged) where there is none: learned controls then last until exit."""
+    try:
+        return state_folder()
+    except OSError as error:
+        log.warning("no state folder: %s", error)
+        return None
+
+
+def open_takes(settings: Settings) -> TakeRecorder | None:
+    """The take recorder for [takes], or None when off or when its folder cannot be made (logged)."""
+    takes = settings.takes
+    if not takes.dir:
+        return None
+    folder = default_takes_folder() if takes.dir == "auto" else Path(takes.dir).expanduser()
+    try:
+        return TakeRecorder(folder, takes.max_files, int(takes.max_mb * 1e6), settings.jam.echo_window_ms / 1000)
+    except OSError as error:
+        log.warning("takes are not kept: cannot use %s (%s)", folder, error.strerror or error)
+        return None
 
 
 class StartupError(Exception):
@@ -71,7 +108,7 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
         for spec in fields(before):
             a, b = getattr(before, spec.name), getattr(after, spec.name)
             if a != b:
-                shown = "(changed)" if spec.name == "password" else f"{a!r} -> {b!r}"
+                shown = "(changed)" if spec.name in ("password", "password_file") else f"{a!r} -> {b!r}"
                 changes.append(f"{section}.{spec.name} {shown}")
     return changes
 
@@ -93,6 +130,7 @@ class JamApp:
         config_path: str | None = None,
         overrides: dict | None = None,
         ports_factory: PortsFactory | None = None,
+        preset: str = "",
     ) -> None:
         self.settings = settings
         self.config_path = config_path
@@ -107,6 +145,12 @@ class JamApp:
         self._mqtt: asyncio.Task | None = None
         self._swap: asyncio.Task | None = None
         self._status = ""
+        self.controls: Controls | None = None
+        self.takes: TakeRecorder | None = None
+        self.last_latency_ms: float | None = None  # the last answer's response latency
+        self.preset = preset  # the preset selected last ("" none)
+        # next-weights steps through the configured weights and the shipped ones.
+        self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
 
     @property
     def ports(self) -> Ports | None:
@@ -119,17 +163,19 @@ class JamApp:
         engine = self.session.answerer.engine if self.session else None
         return {
             "mode": self.mode,
-            "weights": {"path": str(folder), "kind": engine.kind if engine else "",
+            "weights": {"name": s.model.weights, "path": str(folder), "kind": engine.kind if engine else "",
                         "precision": engine.precision if engine else s.model.precision,
                         "kernel": engine.kernel if engine else s.model.kernel},
             "temperature": s.jam.temperature,
             "top_p": s.jam.top_p,
-            "bpm": round(self.session.timeline.grid.bpm, 2) if self.session and self.session.timeline.clock_present(now())
-            else s.tempo.bpm,
+            "bpm": self._tempo(),
             "meter": s.tempo.meter,
             "answer_bars": s.jam.answer_bars,
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
+            "preset": self.preset,
+            "last_latency_ms": self.last_latency_ms,
+            "controls": self.controls.map() if self.controls else {},
         }
 
     @property
@@ -166,9 +212,52 @@ class JamApp:
             self.session.resume()
         elif action == "panic":
             self.session.panic()
+        elif action == "next-weights":
+            cycle = self.weights_cycle
+            current = self.settings.model.weights
+            self.apply_setting("weights", cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else cycle[0])
         else:
-            raise ValueError(f"unknown action {action!r}; known: pause, resume, panic")
+            raise ValueError(f"unknown action {action!r}; known: {', '.join(CONTROL_ACTIONS)}")
         self._emit({"type": "state"})
+
+    def learn(self, name: str) -> None:
+        """MIDI learn: the next controller that moves is bound to this setting or action."""
+        if self.controls is None:
+            raise ValueError("the daemon is still starting")
+        self.controls.learn(name)
+
+    def select_preset(self, name: str) -> asyncio.Task | None:
+        """Apply a [presets.NAME] table; ValueError (changing nothing) on an unknown name or weights that
+        cannot be loaded. Returns the weights swap's task when the preset changes the weights."""
+        preset = next((p for p in self.settings.presets if p.name == name), None)
+        if preset is None:
+            known = ", ".join(p.name for p in self.settings.presets) or "none in the config"
+            raise ValueError(f"no preset {name!r}; known: {known}")
+        values = dict(preset.values)
+        if "weights" in values:
+            check_weights(values["weights"])
+        settings = self.settings
+        for key, value in values.items():
+            if key != "weights":
+                settings = with_setting(settings, LIVE_SETTINGS[key].section, key, value)
+        self.preset = name
+        log.info("preset %s", name)
+        self._use(settings)
+        if "weights" in values and values["weights"] != self.settings.model.weights:
+            return self._start_swap(values["weights"])
+        return None
+
+    def discovery_options(self) -> tuple[list[str], list[str]]:
+        """The weights a selector offers (the current ones first) and the presets' names."""
+        weights = list(dict.fromkeys([self.settings.model.weights, *self.weights_cycle]))
+        return weights, [p.name for p in self.settings.presets]
+
+    def select_preset_number(self, number: int) -> asyncio.Task | None:
+        """Program change `number` (0 = the first preset in the file; keyboards often show it as 1)."""
+        presets = self.settings.presets
+        if not 0 <= number < len(presets):
+            raise ValueError(f"program change {number}: there are {len(presets)} presets (0..{len(presets) - 1})")
+        return self.select_preset(presets[number].name)
 
     def add_listener(self, callback: Callable[[dict], None]) -> None:
         self.listeners.append(callback)
@@ -194,8 +283,10 @@ class JamApp:
         if self._stop.is_set():  # SIGTERM while loading
             self._remove_signal_handlers()
             return 0
-        self.session = JamSession(loop, self.settings, engine, self.midi.send, self._emit)
-        self.midi.start(loop, self.settings.midi, self.session.receive)
+        self.takes = open_takes(self.settings)
+        self.session = JamSession(loop, self.settings, engine, self._send, self._emit)
+        self.controls = Controls(self, self._emit, self.settings.controls, kept_state_folder())
+        self.midi.start(loop, self.settings.midi, self._receive)
         self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
         self._start_mqtt()
         await asyncio.wrap_future(self.session.answerer.idle())  # engine primed
@@ -218,6 +309,8 @@ class JamApp:
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         if self.session is not None:
             self.session.close()
+        if self.takes is not None:
+            self.takes.close(self._tempo(), self.settings.tempo.meter)
         for task in [*self._tasks, *(t for t in (self._swap,) if t)]:
             task.cancel()
         await asyncio.gather(*self._tasks, self.midi.stop_watching(), *(self._stop_mqtt(self._mqtt),) if self._mqtt else (),
@@ -237,6 +330,7 @@ class JamApp:
             return
         try:
             settings = load_settings(self.config_path, self.overrides)
+            mqtt_password(settings.mqtt)
             if settings.model.weights != self.settings.model.weights:
                 check_weights(settings.model.weights)
         except (ConfigError, ValueError) as error:
@@ -245,17 +339,46 @@ class JamApp:
         old = self.settings
         changes = changed_settings(old, settings)
         self._use(settings)
+        self.controls.configure(settings.controls)
+        if settings.takes != old.takes:
+            if self.takes is not None:
+                self.takes.close(self._tempo(), old.tempo.meter)
+            self.takes = open_takes(settings)
         if any(getattr(settings.model, k) != getattr(old.model, k) for k in ENGINE_KEYS):
             self._start_swap(settings.model.weights)
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
             self._reopen_ports(settings)
+        if settings.presets != old.presets or settings.model.weights != old.model.weights:
+            self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
+            self._emit({"type": DISCOVERY_CHANGED})  # Home Assistant's selects offer the new options
         if settings.mqtt != old.mqtt:
             # Until the new bridge runs, the restart is the task to cancel on shutdown.
-            self._mqtt = self.loop.create_task(self._restart_mqtt(self._mqtt), name="mqtt-restart")
+            retired = old.mqtt.discovery_prefix if old.mqtt.discovery_prefix != settings.mqtt.discovery_prefix else None
+            self._mqtt = self.loop.create_task(self._restart_mqtt(self._mqtt, retired), name="mqtt-restart")
         logging.getLogger().setLevel(settings.log.level.upper())
         log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
     # -- internals --------------------------------------------------------------------
+    def _receive(self, message: mido.Message, arrived: float) -> None:
+        channel = self.settings.midi.input_channel
+        listened = not channel or getattr(message, "channel", None) == channel - 1
+        if listened and message.type in NOTE_MESSAGES and self.takes is not None:
+            self.takes.player(message, arrived - self.settings.jam.input_latency_ms / 1000)
+        elif listened and message.type in CONTROL_MESSAGES:
+            self.controls.receive(message)
+        self.session.receive(message, arrived)
+
+    def _send(self, message: mido.Message) -> None:
+        self.midi.send(message)
+        if self.takes is not None and message.type in NOTE_MESSAGES:
+            self.takes.model(message, now())
+
+    def _tempo(self) -> float:
+        """The tempo in use: an external clock's while one runs, else the setting."""
+        if self.session is not None and self.session.timeline.clock_present(now()):
+            return round(self.session.timeline.grid.bpm, 2)
+        return self.settings.tempo.bpm
+
     def _use(self, settings: Settings) -> None:
         # The weights in use change only once a swap has loaded them.
         self.settings = replace(settings, model=replace(settings.model, weights=self.settings.model.weights))
@@ -288,12 +411,12 @@ class JamApp:
         self.midi.restart(self.loop, settings.midi)
         self._emit({"type": "state"})
 
-    async def _restart_mqtt(self, previous: asyncio.Task | None) -> None:
+    async def _restart_mqtt(self, previous: asyncio.Task | None, retired_discovery: str | None) -> None:
         # The old connection says "offline" before the new one says "online" (same broker and
         # prefix: the other order would leave "offline" retained).
         if previous is not None:
             await self._stop_mqtt(previous)
-        self._start_mqtt()
+        self._start_mqtt(retired_discovery)
 
     @staticmethod
     async def _stop_mqtt(task: asyncio.Task) -> None:
@@ -301,12 +424,16 @@ class JamApp:
 
         await stop_bridge(task)
 
-    def _start_mqtt(self) -> None:
+    def _start_mqtt(self, retired_discovery: str | None = None) -> None:
         if not self.settings.mqtt.host:
             return
         from daemon.mqtt import MqttBridge
 
-        self._mqtt = self.loop.create_task(MqttBridge(self, self.settings.mqtt).run(), name="mqtt")
+        # Discovery's documents go when it is turned off: those under the prefix used before a
+        # reload, else (after a restart nothing else is known) under the default prefix.
+        retired = DEFAULT_PREFIX if retired_discovery is None else retired_discovery
+        bridge = MqttBridge(self, self.settings.mqtt, retired)
+        self._mqtt = self.loop.create_task(bridge.run(), name="mqtt")
 
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
@@ -315,6 +442,11 @@ class JamApp:
         self._emit({"type": "state"})
 
     def _emit(self, event: dict) -> None:
+        if event["type"] == "answer_finished":
+            self.last_latency_ms = event.get("latency_ms")
+            take = self.takes.flush(self._tempo(), self.settings.tempo.meter) if self.takes is not None else None
+            if take is not None:
+                event["take"] = str(take)
         if event["type"] == "state":
             status = f"STATUS={self.mode}"
             if status != self._status:

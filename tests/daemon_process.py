@@ -45,18 +45,23 @@ def save_tiny_weights(folder: Path, kind: str = "lstm") -> Path:
     return save_weights(folder, build_model(config), config, {"purpose": "service tests"})
 
 
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def toml(sections: dict[str, dict]) -> str:
-    """A TOML document of flat tables (strings, numbers, booleans)."""
+    """A TOML document of tables (a section may be dotted, "presets.warm") of strings, numbers,
+    booleans and inline tables."""
     lines = []
     for section, table in sections.items():
         lines.append(f"[{section}]")
-        for key, value in table.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, str):
-                lines.append(f"{key} = {json.dumps(value)}")
-            else:
-                lines.append(f"{key} = {value!r}")
+        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
         lines.append("")
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import socket
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -67,7 +68,7 @@ def test_every_setting_has_a_flag():
     flags = {option for action in run._actions for option in action.option_strings}
     for section, cls in SECTIONS.items():
         for spec in fields(cls):
-            assert flag_name(section, spec) in flags
+            assert (flag_name(section, spec) in flags) == (spec.metadata["flag"] is not False)
     for required in ("--midi-api", "--virtual", "--in", "--out", "--bpm", "--weights", "--config", "--seed",
                      "--mqtt-host", "--mqtt-port", "--mqtt-prefix"):
         assert required in flags
@@ -181,3 +182,32 @@ def test_a_number_past_every_float_is_out_of_range_not_a_crash():
     for name, section in (("temperature", "jam"), ("answer_bars", "jam")):
         with pytest.raises(ConfigError, match="out of range"):
             with_setting(settings, section, name, 10**400)
+
+
+def test_the_mqtt_password_is_never_a_flag() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--mqtt-password", "secret"])
+
+
+def test_mqtt_password_file_absolute_and_as_a_systemd_credential(tmp_path: Path, monkeypatch) -> None:
+    from daemon.config import MqttSettings, mqtt_password
+
+    (tmp_path / "secret").write_text("hunter2\nignored\n")
+    assert mqtt_password(MqttSettings(password_file=str(tmp_path / "secret"))) == "hunter2"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert mqtt_password(MqttSettings(password_file="secret")) == "hunter2"
+    assert mqtt_password(MqttSettings(password="inline")) == "inline"
+
+
+@pytest.mark.parametrize("content, reason", [(None, "cannot be read"), ("", "is empty"), ("\nx", "is empty")])
+def test_a_bad_mqtt_password_file_is_a_configuration_error(tmp_path: Path, content: str | None, reason: str) -> None:
+    from daemon.config import MqttSettings, mqtt_password
+
+    path = tmp_path / "secret"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=f"password_file '{path}' {reason}"):
+        mqtt_password(MqttSettings(password_file=str(path)))
+    config = tmp_path / "config.toml"
+    config.write_text(f'[mqtt]\nhost = "127.0.0.1"\npassword_file = "{path}"\n')
+    assert main(["run", "--config", str(config)]) == 2  # systemd's RestartPreventExitStatus=2

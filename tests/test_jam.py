@@ -255,7 +255,8 @@ def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
     assert before["weights"]["kind"] == "transformer"
     kernel = "native" if native_unavailable() is None else "torch"
     auto = automatic_precision(torch.device("cpu"), kernel)
-    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm", "precision": auto, "kernel": kernel}
+    assert state["weights"] == {"name": str(tiny_lstm), "path": str(tiny_lstm), "kind": "lstm", "precision": auto,
+                                "kernel": kernel}
     assert (state["temperature"], state["bpm"], state["answer_bars"]) == (0.5, 200.0, 2)
     assert set(state) >= {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
     assert state["ports"]["in"]["connected"] and state["ports"]["out"]["connected"]

@@ -22,14 +22,14 @@ from typing import Any
 
 import torch
 
-from daemon import sdnotify
+from daemon import sdnotify, startup_signals
 from daemon.config import SECTIONS, ConfigError, Settings, load_settings, with_setting
 from daemon.engine import Engine
 from daemon.jam import ANSWERING, JamSession
-from daemon.output import NoteOutput
+from daemon.output import NoteOutput, silencing_messages
 from daemon.paths import KINDS, shipped_weights
 from daemon.ports import MidiPorts, MidiUnavailable
-from daemon.weights import WeightsError, read_config
+from daemon.weights import WeightsError, check_weights_folder
 
 log = logging.getLogger("antiphon")
 
@@ -48,14 +48,17 @@ def weights_folder(weights: str) -> Path:
     """A shipped model by name (found beside the package, so an editable install works) or a folder."""
     if weights in KINDS:
         return shipped_weights(weights)
-    return Path(weights).expanduser()
+    try:
+        return Path(weights).expanduser()
+    except RuntimeError:  # "~nobody/...": no such user; the folder check names it
+        return Path(weights)
 
 
 def check_weights(weights: str) -> tuple[Path, str]:
     """(folder, model kind) of a usable weights folder; raises ValueError naming what is wrong."""
     folder = weights_folder(weights)
     try:
-        config, _ = read_config(folder)
+        config, _ = check_weights_folder(folder)
     except WeightsError as error:
         raise ValueError(str(error)) from None
     return folder, config.kind
@@ -108,6 +111,7 @@ class JamApp:
         self._mqtt: asyncio.Task | None = None
         self._swap: asyncio.Task | None = None
         self._status = ""
+        self._reload_when_ready = False
 
     # -- interface for the MQTT bridge and other observers ------------------------------
     def state(self) -> dict:
@@ -127,6 +131,8 @@ class JamApp:
             "ports": self.ports.status() if self.ports else {"in": {"name": "", "connected": False},
                                                              "out": {"name": "", "connected": False}},
             "paused": bool(self.session and self.session.paused),
+            "input": {"malformed": self.ports.malformed if self.ports else 0,
+                      "dropped": self.ports.dropped if self.ports else 0},
         }
 
     @property
@@ -177,8 +183,11 @@ class JamApp:
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> int:
         self.loop = loop = asyncio.get_running_loop()
-        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
+        handlers = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop, signal.SIGHUP: self.reload}
+        for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
+        for sig in startup_signals.taken():  # those that came while the process started
+            handlers[sig]()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         torch.set_num_threads(self.settings.model.threads)
         sdnotify.notify(f"STATUS=loading weights {self.settings.model.weights}")
@@ -197,6 +206,7 @@ class JamApp:
         self.ports = self._make_ports(self.settings)
         try:
             self.ports.open(loop)
+            self._silence_output()
         except MidiUnavailable as error:
             self.ports.reason = str(error)
             log.warning("starting degraded: %s; retrying with backoff", error)
@@ -212,6 +222,8 @@ class JamApp:
         self._log_ready()
         self.ready.set()
         sdnotify.notify("READY=1", f"STATUS={self.mode}")
+        if self._reload_when_ready:
+            self.reload()
         try:
             await self._stop.wait()
         finally:
@@ -244,7 +256,8 @@ class JamApp:
     def reload(self) -> None:
         """SIGHUP: the config file again (with the same flags on top)."""
         if self.session is None:
-            log.warning("SIGHUP while starting up: ignored (the config was just read)")
+            log.info("SIGHUP while starting up: the config is read again once started")
+            self._reload_when_ready = True
             return
         try:
             settings = load_settings(self.config_path, self.overrides)
@@ -309,6 +322,7 @@ class JamApp:
         self.ports = self._make_ports(settings)
         try:
             self.ports.open(self.loop)
+            self._silence_output()
         except MidiUnavailable as error:
             self.ports.reason = str(error)
             log.warning("MIDI unavailable after reload: %s; retrying with backoff", error)
@@ -340,10 +354,21 @@ class JamApp:
         if self.ports is not None:
             self.ports.send(message)
 
+    def _silence_output(self) -> None:
+        """An output port (re)opened or (re)connected: what an earlier run or connection left
+        sounding (a crash, a lost port: notes whose note-off never came) ends before anything
+        else is sent. Sent directly, not through NoteOutput, whose count knows nothing of them."""
+        channels = {self.settings.midi.output_channel - 1, *self.output.channels_used}
+        for message in silencing_messages(channels):
+            self._send(message)
+
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
             self.session.stop_answer()
             self.output.panic()
+        if event["type"] == "midi_available" or (event["type"] in ("port_regained", "connection_restored")
+                                                 and event["port"] == "output"):
+            self._silence_output()
         self._emit(event)
         self._emit({"type": "state"})
 

@@ -9,8 +9,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from daemon import startup_signals
 from daemon.config import ConfigError, add_setting_flags, load_settings, overrides_from
-from daemon.generate import add_parser as add_generate
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -90,6 +90,14 @@ def demo_command(args: argparse.Namespace) -> int:
     return run_demo(args.out, args.weights, args.bpm, args.seed, args.transport)
 
 
+def add_generate(subparsers) -> None:
+    # Imported when used: it imports torch (seconds), which `run` must not wait for before it
+    # holds its signals.
+    from daemon.generate import add_parser
+
+    add_parser(subparsers)
+
+
 COMMANDS: list[Callable] = [add_run, add_ports, add_demo, add_generate]
 
 
@@ -102,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        startup_signals.hold()  # first: a SIGHUP while torch loads must not end the daemon
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

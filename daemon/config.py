@@ -36,6 +36,8 @@ def number(low: float, high: float, integer: bool = False) -> Check:
     def check(value: Any) -> float | int:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("not a number")
+        if isinstance(value, int) and not low <= value <= high:  # also one too large for a float
+            raise ValueError("out of range")
         if integer and not float(value).is_integer():
             raise ValueError("not a whole number")
         if not (math.isfinite(value) and low <= value <= high):

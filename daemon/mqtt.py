@@ -8,6 +8,12 @@ Topics under the configured prefix:
   <prefix>/event         JSON events (answer started/finished, port lost/regained)
   <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
 
+Every command gets an answer: it takes effect (a new state document) or is answered on
+<prefix>/error, whatever its payload; no payload ends the connection. A retained set/ is the
+setting the broker holds for us: applied when first received, not again when the same message is
+replayed on a reconnect. A retained cmd/ is not run (an action is not a state; it would repeat on
+every connection): it is answered on <prefix>/error once.
+
 The broker going away never touches the music: the bridge only talks to the app through
 its public calls, and reconnects with backoff on its own.
 """
@@ -95,7 +101,11 @@ def _number(value: Any, integer: bool) -> float | int:
             raise CommandError(f"expected a number, got {value.strip()[:40]!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CommandError(f"expected a number, got JSON {type(value).__name__}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # a whole number too large for a float
+        raise CommandError(f"number out of range ({len(str(abs(value)))} digits)") from None
+    if not finite:
         raise CommandError(f"expected a finite number, got {value}")
     if integer:
         if float(value) != int(value):
@@ -155,6 +165,7 @@ class MqttBridge:
         self._events: asyncio.Queue[dict] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._state_pending = False
         self._slow_commands: set[asyncio.Task] = set()
+        self._retained: dict[str, bytes] = {}  # topic -> the retained payload already handled
 
     # -- app side ---------------------------------------------------------------------
     def _on_app_event(self, event: dict) -> None:
@@ -291,11 +302,22 @@ class MqttBridge:
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
-            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+            if message.retain:
+                if self._retained.get(topic) == payload:
+                    continue  # replayed on a reconnect: handled once already
+                self._retained[topic] = payload
             try:
-                outcome = self._dispatch(topic, bytes(payload))
+                if message.retain and self._kind(topic) == "cmd":
+                    raise CommandError("a retained action is not run: publish cmd/ without retain, and clear this one")
+                outcome = self._dispatch(topic, payload)
             except ValueError as exc:  # CommandError or the app's own ValueError
-                await self._publish_error(client, topic, bytes(payload), str(exc))
+                await self._publish_error(client, topic, payload, str(exc))
+                _honour_swallowed_cancel()
+                continue
+            except Exception as exc:  # a bug: answered and logged; the connection stays
+                log.exception("MQTT: %s failed", topic)
+                await self._publish_error(client, topic, payload, f"internal error ({type(exc).__name__})")
                 _honour_swallowed_cancel()
                 continue
             if inspect.isawaitable(outcome):
@@ -323,11 +345,17 @@ class MqttBridge:
             return self.app.command(name)
         raise CommandError(f"unknown topic {topic!r}")
 
+    def _kind(self, topic: str) -> str:
+        return topic[len(self.prefix) + 1:].partition("/")[0]
+
     async def _finish_slow(self, client: aiomqtt.Client, topic: str, payload: bytes, outcome: Any) -> None:
         try:
             await outcome
-        except ValueError as exc:
+        except Exception as exc:  # ValueError: refused; anything else: a bug, answered all the same
+            reason = str(exc) if isinstance(exc, ValueError) else f"internal error ({type(exc).__name__})"
+            if not isinstance(exc, ValueError):
+                log.error("MQTT: %s failed: %r", topic, exc)
             try:
-                await self._publish_error(client, topic, payload, str(exc))
+                await self._publish_error(client, topic, payload, reason)
             except aiomqtt.MqttError:
-                log.warning("MQTT: rejected %s (%s) while the broker was away", topic, exc)
+                log.warning("MQTT: rejected %s (%s) while the broker was away", topic, reason)

@@ -20,8 +20,11 @@ async def _tool(*command: str) -> tuple[int, str] | None:
     tool = shutil.which(command[0])
     if tool is None:
         return None
-    process = await asyncio.create_subprocess_exec(tool, *command[1:], stdin=asyncio.subprocess.DEVNULL,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        process = await asyncio.create_subprocess_exec(tool, *command[1:], stdin=asyncio.subprocess.DEVNULL,
+                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    except OSError:  # out of processes or file descriptors: not a reason to think JACK gone
+        return None
     try:
         output, _ = await asyncio.wait_for(process.communicate(), TOOL_TIMEOUT_S)
     except TimeoutError:

@@ -21,6 +21,7 @@ its public calls, and reconnects with backoff on its own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -48,6 +49,7 @@ BACKOFF_MAX_S = 30.0
 OFFLINE_PUBLISH_TIMEOUT_S = 1.0
 STOP_PATIENCE_S = OFFLINE_PUBLISH_TIMEOUT_S + 0.5
 EVENT_QUEUE_SIZE = 1024
+RETAINED_REMEMBERED = 1024  # topics whose retained message was handled (one per topic is kept)
 
 # The setting's type on the wire; the app checks ranges and the weights folder.
 SETTINGS: dict[str, type] = {
@@ -165,7 +167,7 @@ class MqttBridge:
         self._events: asyncio.Queue[dict] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._state_pending = False
         self._slow_commands: set[asyncio.Task] = set()
-        self._retained: dict[str, bytes] = {}  # topic -> the retained payload already handled
+        self._retained: dict[str, bytes] = {}  # topic -> digest of the retained payload handled
 
     # -- app side ---------------------------------------------------------------------
     def _on_app_event(self, event: dict) -> None:
@@ -304,9 +306,12 @@ class MqttBridge:
             topic = message.topic.value
             payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
             if message.retain:
-                if self._retained.get(topic) == payload:
+                digest = hashlib.sha256(payload).digest()
+                if self._retained.get(topic) == digest:
                     continue  # replayed on a reconnect: handled once already
-                self._retained[topic] = payload
+                if len(self._retained) >= RETAINED_REMEMBERED and topic not in self._retained:
+                    del self._retained[next(iter(self._retained))]
+                self._retained[topic] = digest
             try:
                 if message.retain and self._kind(topic) == "cmd":
                     raise CommandError("a retained action is not run: publish cmd/ without retain, and clear this one")

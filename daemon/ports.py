@@ -93,7 +93,6 @@ class PortStatus:
     name: str
     connected: bool = False
     full_name: str = ""  # what the name matched, or our virtual port's listed name
-
     patched: bool = True  # the JACK connection to the named port exists, as far as the patchbay says
 
     def as_dict(self) -> dict:
@@ -420,8 +419,9 @@ class MidiPorts:
 
     async def _keep_connections(self) -> None:
         """Make again the connections a patchbay removed (named ports), and the guard's."""
+        guard = self._guard
         ports = await jack_patchbay.connections(self.client_name)
-        if ports is None or self._guard is None:  # no tools, the server is going, or the ports closed meanwhile
+        if ports is None or guard is None or guard is not self._guard:  # no tools or no server; or reopened
             return
         own = {name: linked for name, linked in ports.items() if self._is_own(name)}
         our_input = self.input.full_name if self.input_virtual else _own_port(own, ":input")
@@ -432,14 +432,14 @@ class MidiPorts:
             await self._keep(self.output, "output", our_output, self.output.full_name, own)
         probe = _own_port(own, f":{GUARD_PORT}")
         if probe is None or our_input not in own or not self.input.connected:
-            self._guard.disarm()
+            guard.disarm()
         elif probe in own[our_input]:
-            if not self._guard.armed:
-                self._guard.arm()
+            if not guard.armed:
+                guard.arm()
         else:
-            self._guard.disarm()
+            guard.disarm()
             if await jack_patchbay.connect(probe, our_input):
-                self._guard.arm()
+                guard.arm()
 
     async def _keep(self, status: PortStatus, side: str, source: str, destination: str,
                     own: dict[str, list[str]]) -> None:

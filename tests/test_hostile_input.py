@@ -335,8 +335,11 @@ def test_silence_first_on_start_and_after_a_crash(peer: JackPeer, mosquitto_modu
     sections["jam"]["max_note_steps"] = 32
     first = DaemonProcess(tmp_path, sections).start().wait_ready()
     try:
+        deadline = time.monotonic() + 5  # "ready:" is logged as the silence leaves: JACK delivers it next
+        while len(peer.messages()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         heard = peer.messages()
-        assert heard[:3] and controls(heard[:3]) == SILENCE and all(m.channel == 0 for m in heard[:3])
+        assert controls(heard[:3]) == SILENCE and all(m.channel == 0 for m in heard[:3])
         for _ in range(4):  # a tiny random model may answer with silence: play again
             peer.play_phrase([60, 64, 67, 72])
             deadline = time.monotonic() + 8
@@ -346,15 +349,26 @@ def test_silence_first_on_start_and_after_a_crash(peer: JackPeer, mosquitto_modu
                 break
         first.process.kill()  # SIGKILL mid-answer: the note-offs never come
         first.wait(10)
-        time.sleep(0.3)
+        # jackd 1.9.21 (dummy driver, not realtime) can leave a client that sat downstream of a
+        # SIGKILLed one stalled until the graph changes once more: seen here, the restarted
+        # daemon's silence reached the synth only when a third client connected to it. The
+        # synth is reopened once JACK has dropped the dead client, so that this test sees the
+        # daemon, not that; the notes it heard before still count.
+        client = sections["midi"]["client_name"]
+        deadline = time.monotonic() + 20
+        while any(port.startswith(client) for port in jack_connections()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        peer.close_synth()
+        peer.open_synth()
         assert sounding(peer.messages()), "precondition: the crash left a note sounding"
         crashed = len(peer.messages())
         second = DaemonProcess(tmp_path, sections).start().wait_ready()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while sounding(peer.messages()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert sounding(peer.messages()) == set()
-        assert controls(peer.messages()[crashed:crashed + 3]) == SILENCE
+        after = peer.messages()[crashed:]
+        assert sounding(peer.messages()) == set(), f"after the restart: {after}\n{second.log_text()[-3000:]}"
+        assert controls(after[:3]) == SILENCE
         assert second.alive
         second.signal(signal.SIGTERM)
         assert second.wait(10) == 0

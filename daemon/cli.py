@@ -113,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
         startup_signals.hold()  # first: a SIGHUP while torch loads must not end the daemon
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except ConfigError as error:
         print(f"antiphon: {error}", file=sys.stderr)
         return 2
+    finally:
+        startup_signals.release()
 
 
 if __name__ == "__main__":

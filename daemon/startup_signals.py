@@ -18,9 +18,20 @@ def _remember(signum: int, _frame: object) -> None:
     _received.append(signal.Signals(signum))
 
 
+_before: dict[signal.Signals, object] = {}
+
+
 def hold() -> None:
     for sig in HELD:
-        signal.signal(sig, _remember)
+        _before.setdefault(sig, signal.signal(sig, _remember))
+
+
+def release() -> None:
+    """The handlers from before hold() (for a caller that goes on, e.g. main() called in-process)."""
+    for sig, handler in _before.items():
+        signal.signal(sig, handler)
+    _before.clear()
+    _received.clear()
 
 
 def taken() -> list[signal.Signals]:

@@ -38,6 +38,7 @@ PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
 ENGINE_KEYS = ("weights", "device", "precision", "kernel")  # [model] settings a new engine is loaded for
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
 SWITCH_INTERVAL_S = 0.0005
+SILENCE_AGAIN_S = 0.2  # see _silence_output
 
 
 class StartupError(Exception):
@@ -354,13 +355,23 @@ class JamApp:
         if self.ports is not None:
             self.ports.send(message)
 
-    def _silence_output(self) -> None:
+    def _silence_output(self, again: bool = True) -> None:
         """An output port (re)opened or (re)connected: what an earlier run or connection left
         sounding (a crash, a lost port: notes whose note-off never came) ends before anything
-        else is sent. Sent directly, not through NoteOutput, whose count knows nothing of them."""
+        else is sent. Sent directly, not through NoteOutput, whose count knows nothing of them.
+
+        JACK may add a new connection to its graph a cycle after the client first writes to it,
+        and lose that write (1 in 30 fresh connections, measured on the dummy driver): the
+        silence is sent once more a little later, unless a note has gone out meanwhile."""
         channels = {self.settings.midi.output_channel - 1, *self.output.channels_used}
         for message in silencing_messages(channels):
             self._send(message)
+        if again:
+            self.loop.call_later(SILENCE_AGAIN_S, self._silence_again, self.output.stats.notes)
+
+    def _silence_again(self, notes_before: int) -> None:
+        if self.output.stats.notes == notes_before and not self.output.busy:
+            self._silence_output(again=False)
 
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:

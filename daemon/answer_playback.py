@@ -14,8 +14,10 @@ from daemon.codec import Note
 from daemon.config import Settings
 from daemon.conversation import Conversation
 from daemon.echo import EchoFilter
-from daemon.output import NoteOutput
+from daemon.output import NoteOutput, silencing_messages
 from daemon.timeline import Timeline
+
+SILENCE_AGAIN_S = 0.2  # see silence_output
 
 
 class AnswerPlayback:
@@ -23,6 +25,8 @@ class AnswerPlayback:
                  timeline: Timeline, conversation: Conversation, echoes: EchoFilter,
                  emit: Callable[[dict], None]) -> None:
         jam = settings.jam
+        self.loop = loop
+        self.send = send
         self.output = NoteOutput(loop, send, jam.late_policy, jam.output_latency_ms / 1000, on_note=self._note_sent)
         self.channel = settings.midi.output_channel - 1  # 0-based
         self.timeline = timeline
@@ -34,6 +38,23 @@ class AnswerPlayback:
     def update_settings(self, settings: Settings) -> None:
         self.output.set_timing(settings.jam.late_policy, settings.jam.output_latency_ms / 1000)
         self.channel = settings.midi.output_channel - 1
+
+    def silence_output(self, again: bool = True) -> None:
+        """An output port (re)opened or (re)connected: what an earlier run or connection left
+        sounding (a crash, a lost port: notes whose note-off never came) ends before anything
+        else is sent. Sent directly, not through NoteOutput, whose count knows nothing of them.
+
+        JACK may add a new connection to its graph a cycle after the client first writes to it,
+        and lose that write (1 in 30 fresh connections, measured on the dummy driver): the
+        silence is sent once more a little later, unless a note has gone out meanwhile."""
+        for message in silencing_messages({self.channel, *self.output.channels_used}):
+            self.send(message)
+        if again:
+            self.loop.call_later(SILENCE_AGAIN_S, self._silence_again, self.output.stats.notes)
+
+    def _silence_again(self, notes_before: int) -> None:
+        if self.output.stats.notes == notes_before and not self.output.busy:
+            self.silence_output(again=False)
 
     def play(self, job: AnswerJob, note: Note, tokens: list[int]) -> None:
         """One note the worker generated (dropped when its answer was stopped meanwhile)."""

@@ -23,7 +23,7 @@ from typing import Any
 import mido
 import torch
 
-from daemon import sdnotify
+from daemon import sdnotify, startup_signals
 from daemon.clock import check_loop_clock, now
 from daemon.config import (
     CONTROL_ACTIONS,
@@ -43,7 +43,7 @@ from daemon.midi_link import MidiLink
 from daemon.paths import KINDS, default_takes_folder, state_folder, weights_folder
 from daemon.port_contract import Ports, PortsFactory
 from daemon.takes import TakeRecorder
-from daemon.weights import WeightsError, read_config
+from daemon.weights import WeightsError, check_weights_folder
 
 log = logging.getLogger("antiphon")
 
@@ -85,7 +85,7 @@ def check_weights(weights: str) -> tuple[Path, str]:
     """(folder, model kind) of a usable weights folder; raises ValueError naming what is wrong."""
     folder = weights_folder(weights)
     try:
-        config, _ = read_config(folder)
+        config, _ = check_weights_folder(folder)
     except WeightsError as error:
         raise ValueError(str(error)) from None
     return folder, config.kind
@@ -150,6 +150,7 @@ class JamApp:
         self.last_latency_ms: float | None = None  # the last answer's response latency
         self.preset = preset  # the preset selected last ("" none)
         # next-weights steps through the configured weights and the shipped ones.
+        self._reload_when_ready = False  # a SIGHUP came while starting
         self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
 
     @property
@@ -176,6 +177,8 @@ class JamApp:
             "preset": self.preset,
             "last_latency_ms": self.last_latency_ms,
             "controls": self.controls.map() if self.controls else {},
+            "input": {"malformed": self.ports.malformed if self.ports else 0,
+                      "dropped": self.ports.dropped if self.ports else 0},
         }
 
     @property
@@ -269,8 +272,11 @@ class JamApp:
     async def run(self) -> int:
         self.loop = loop = asyncio.get_running_loop()
         check_loop_clock(loop)
-        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
+        handlers = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop, signal.SIGHUP: self.reload}
+        for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
+        for sig in startup_signals.taken():  # those that came while the process started
+            handlers[sig]()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         torch.set_num_threads(self.settings.model.threads)
         sdnotify.notify(f"STATUS=loading weights {self.settings.model.weights}")
@@ -287,6 +293,8 @@ class JamApp:
         self.session = JamSession(loop, self.settings, engine, self._send, self._emit)
         self.controls = Controls(self, self._emit, self.settings.controls, kept_state_folder())
         self.midi.start(loop, self.settings.midi, self._receive)
+        if self.midi.available:
+            self.session.silence_output()
         self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
         self._start_mqtt()
         await asyncio.wrap_future(self.session.answerer.idle())  # engine primed
@@ -296,6 +304,8 @@ class JamApp:
         log_ready(self.settings, self.midi.where(), self.session.answerer.engine)
         self.ready.set()
         sdnotify.notify("READY=1", f"STATUS={self.mode}")
+        if self._reload_when_ready:
+            self.reload()
         try:
             await self._stop.wait()
         finally:
@@ -326,7 +336,8 @@ class JamApp:
     def reload(self) -> None:
         """SIGHUP: the config file again (with the same flags on top)."""
         if self.session is None:
-            log.warning("SIGHUP while starting up: ignored (the config was just read)")
+            log.info("SIGHUP while starting up: the config is read again once started")
+            self._reload_when_ready = True
             return
         try:
             settings = load_settings(self.config_path, self.overrides)
@@ -409,6 +420,8 @@ class JamApp:
     def _reopen_ports(self, settings: Settings) -> None:
         self.session.panic()
         self.midi.restart(self.loop, settings.midi)
+        if self.midi.available:
+            self.session.silence_output()
         self._emit({"type": "state"})
 
     async def _restart_mqtt(self, previous: asyncio.Task | None, retired_discovery: str | None) -> None:
@@ -438,6 +451,9 @@ class JamApp:
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
             self.session.panic()
+        if event["type"] == "midi_available" or (event["type"] in ("port_regained", "connection_restored")
+                                                 and event["port"] == "output"):
+            self.session.silence_output()
         self._emit(event)
         self._emit({"type": "state"})
 

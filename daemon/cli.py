@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from daemon import startup_signals
 from daemon.config import (
     MODEL_AND_SAMPLING,
     ConfigError,
@@ -20,7 +21,6 @@ from daemon.config import (
     settings_from,
     with_preset,
 )
-from daemon.generate import add_parser as add_generate
 from daemon.journal import setup_logging
 from daemon.paths import installed_version
 
@@ -143,6 +143,16 @@ def takes_command(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def add_generate(subparsers) -> None:
+    # Imported when used: it imports torch (seconds), which `run` must not wait for before it
+    # holds its signals.
+    from daemon.generate import add_parser
+
+    add_parser(subparsers)
+
+
 COMMANDS: list[Callable] = [add_run, add_ports, add_demo, add_generate, add_takes]
 
 
@@ -156,12 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        startup_signals.hold()  # first: a SIGHUP while torch loads must not end the daemon
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except ConfigError as error:
         print(f"antiphon: {error}", file=sys.stderr)
         return 2
+    finally:
+        startup_signals.release()
 
 
 if __name__ == "__main__":

@@ -268,6 +268,10 @@ class JamSession:
         if self.phase is Phase.CALLING:  # played while paused: context, not a call to answer
             self._end_call()
 
+    def silence_output(self) -> None:
+        """The output port was (re)opened or (re)connected: silence what may still sound there."""
+        self.playback.silence_output()
+
     def panic(self) -> None:
         """Silence (also when a port is lost): the session starts over from IDLE."""
         self._interrupt()

@@ -13,6 +13,12 @@ Topics under the configured prefix:
   <prefix>/event         JSON events (answer started/finished, port lost/regained)
   <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
 
+Every command gets an answer: it takes effect (a new state document) or is answered on
+<prefix>/error, whatever its payload; no payload ends the connection. A retained set/ is the
+setting the broker holds for us: applied when first received, not again when the same message is
+replayed on a reconnect. A retained cmd/ is not run (an action is not a state; it would repeat on
+every connection): it is answered on <prefix>/error once.
+
 The broker going away never touches the music: the bridge only talks to the app through
 its public calls, and reconnects with backoff on its own.
 """
@@ -20,6 +26,7 @@ its public calls, and reconnects with backoff on its own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -52,6 +59,7 @@ BACKOFF_MAX_S = 30.0
 OFFLINE_PUBLISH_TIMEOUT_S = 1.0
 STOP_PATIENCE_S = OFFLINE_PUBLISH_TIMEOUT_S + 0.5
 EVENT_QUEUE_SIZE = 1024
+RETAINED_REMEMBERED = 1024  # topics whose retained message was handled (one per topic is kept)
 
 # The live settings and their type on the wire (declared in config.py); the app checks ranges
 # and the weights folder.
@@ -171,6 +179,7 @@ class MqttBridge:
         self._events: asyncio.Queue[dict] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._state_pending = False
         self._slow_commands: set[asyncio.Task] = set()
+        self._retained: dict[str, bytes] = {}  # topic -> digest of the retained payload handled
 
     # -- app side ---------------------------------------------------------------------
     def _on_app_event(self, event: dict) -> None:
@@ -321,11 +330,25 @@ class MqttBridge:
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
-            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+            if message.retain:
+                digest = hashlib.sha256(payload).digest()
+                if self._retained.get(topic) == digest:
+                    continue  # replayed on a reconnect: handled once already
+                if len(self._retained) >= RETAINED_REMEMBERED and topic not in self._retained:
+                    del self._retained[next(iter(self._retained))]
+                self._retained[topic] = digest
             try:
-                outcome = self._dispatch(topic, bytes(payload))
+                if message.retain and self._kind(topic) == "cmd":
+                    raise CommandError("a retained action is not run: publish cmd/ without retain, and clear this one")
+                outcome = self._dispatch(topic, payload)
             except ValueError as exc:  # CommandError or the app's own ValueError
-                await self._publish_error(client, topic, bytes(payload), str(exc))
+                await self._publish_error(client, topic, payload, str(exc))
+                _honour_swallowed_cancel()
+                continue
+            except Exception as exc:  # a bug: answered and logged; the connection stays
+                log.exception("MQTT: %s failed", topic)
+                await self._publish_error(client, topic, payload, f"internal error ({type(exc).__name__})")
                 _honour_swallowed_cancel()
                 continue
             if inspect.isawaitable(outcome):
@@ -372,11 +395,17 @@ class MqttBridge:
             raise CommandError(f"expected a {'preset' if name == PRESET_SETTING else 'setting or action'} name")
         return self.app.select_preset(chosen) if name == PRESET_SETTING else self.app.learn(chosen)
 
+    def _kind(self, topic: str) -> str:
+        return topic[len(self.prefix) + 1:].partition("/")[0]
+
     async def _finish_slow(self, client: aiomqtt.Client, topic: str, payload: bytes, outcome: Any) -> None:
         try:
             await outcome
-        except ValueError as exc:
+        except Exception as exc:  # ValueError: refused; anything else: a bug, answered all the same
+            reason = str(exc) if isinstance(exc, ValueError) else f"internal error ({type(exc).__name__})"
+            if not isinstance(exc, ValueError):
+                log.error("MQTT: %s failed: %r", topic, exc)
             try:
-                await self._publish_error(client, topic, payload, str(exc))
+                await self._publish_error(client, topic, payload, reason)
             except aiomqtt.MqttError:
-                log.warning("MQTT: rejected %s (%s) while the broker was away", topic, exc)
+                log.warning("MQTT: rejected %s (%s) while the broker was away", topic, reason)

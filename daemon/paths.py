@@ -41,7 +41,10 @@ def weights_folder(weights: str | os.PathLike) -> Path:
     """A shipped model by name (found beside the package, so an editable install works) or a folder."""
     if str(weights) in KINDS:
         return shipped_weights(str(weights))
-    return Path(weights).expanduser()
+    try:
+        return Path(weights).expanduser()
+    except RuntimeError:  # "~nobody/...": no such user; the folder check names it
+        return Path(weights)
 
 
 def cache_folder(*parts: str) -> Path:

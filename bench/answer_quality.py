@@ -38,13 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemon.codec import BAR, VOCAB_SIZE, Note, is_duration, is_offset, token_value  # noqa: E402
-from daemon.config import JamSettings  # noqa: E402
+from daemon.config import ConfigError, JamSettings, settings_from  # noqa: E402
 from daemon.engine import CONTEXT, Engine  # noqa: E402
 from daemon.jam import answer_mask  # noqa: E402
 from daemon.live_tokenizer import TokenStream  # noqa: E402
 from daemon.music_figures import FIGURE_NAMES, figures  # noqa: E402
 from daemon.paths import shipped_weights  # noqa: E402
 from daemon.sampling import sample  # noqa: E402
+from daemon.steering import Steering, steer, steering_for  # noqa: E402
 from training.midi_loading import LoadedMidi, load_folder  # noqa: E402
 
 MODELS = ("transformer", "lstm")
@@ -134,9 +135,10 @@ class UniformLogits:
 
 
 def answer_notes(engine, stream: TokenStream, start: int, end: int, jam: JamSettings,
-                 rng: np.random.Generator) -> list[Note]:
+                 rng: np.random.Generator, steering: Steering | None = None) -> list[Note]:
     """The answer JamSession._generate plays, without its clock: bar lines up to `start`, then
-    tokens sampled under answer_mask (earliest = start, no pacing) until the bar line at `end`."""
+    tokens sampled under answer_mask (earliest = start, no pacing), narrowed by the steering,
+    until the bar line at `end`."""
     bar_len = stream.steps_per_bar
     prefix = stream.bar_tokens_to(start)
     stream.append(prefix)
@@ -144,6 +146,8 @@ def answer_notes(engine, stream: TokenStream, start: int, end: int, jam: JamSett
     notes = []
     while True:
         mask = answer_mask(stream.state, stream.last_bar, bar_len, start, end, jam.max_note_steps)
+        if steering is not None:
+            steer(mask, stream.state, stream.last_bar, bar_len, steering, notes)
         token = sample(engine.logits, mask, jam.temperature, jam.top_p, rng)
         if is_offset(token) and token_value(token) == bar_len and stream.last_bar + bar_len >= end:
             return notes
@@ -160,7 +164,8 @@ def generated(engine, call: Call, jam: JamSettings, seed: int) -> list[Note]:
     engine.reset([BAR])
     engine.feed(list(stream.tokens)[1:])
     rng = np.random.default_rng(seed)
-    notes = answer_notes(engine, stream, call.steps, 2 * call.steps, jam, rng)
+    steering = steering_for(call.notes, jam.key, jam.register, jam.clashes, jam.density, call.steps_per_bar, call.steps)
+    notes = answer_notes(engine, stream, call.steps, 2 * call.steps, jam, rng, steering)
     return [n._replace(start=n.start - call.steps) for n in notes]
 
 
@@ -249,6 +254,12 @@ def markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
+def jam_settings(assignments: list[str]) -> JamSettings:
+    """The [jam] defaults with NAME=VALUE changes, read and checked as the daemon's flags are."""
+    overrides = {("jam", name): value for name, _, value in (a.partition("=") for a in assignments)}
+    return settings_from({}, "--set", overrides).jam
+
+
 def engines_for(models: list[str]) -> Iterator[tuple[str, object]]:
     for model in models:
         yield model, Engine.load(shipped_weights(model), "cpu", kernel="auto", precision="auto")
@@ -261,10 +272,15 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=96, help="calls, spread over the files")
     parser.add_argument("--seeds", type=int, default=3, help="answers per call for each model and random")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="[jam] settings other than the defaults, e.g. temperature=0.9 key=auto")
     parser.add_argument("--json", action="store_true", help="one JSON line per system instead of a table")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    jam = JamSettings()
+    try:
+        jam = jam_settings(args.set)
+    except ConfigError as error:
+        sys.exit(str(error))
 
     def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -278,12 +294,13 @@ def main() -> None:
     rows = summary(results, systems)
     if args.json:
         for row in rows:
-            print(json.dumps({"data": str(args.data), "seeds": args.seeds, **row}))
+            print(json.dumps({"data": str(args.data), "seeds": args.seeds, "settings": args.set, **row}))
     else:
         bars = {b: sum(c.bars == b for c in calls) for b in CALL_BARS}
         title = (f"{len(calls)} calls ({', '.join(f'{n} of {b} bars' for b, n in bars.items())}) from "
                  f"{len({c.file for c in calls})} files of {args.data}, {args.seeds} seeds, temperature "
-                 f"{jam.temperature}, top-p {jam.top_p}")
+                 f"{jam.temperature}, top-p {jam.top_p}, key {jam.key}, register {jam.register}, clashes {jam.clashes}, "
+                 f"density {jam.density}")
         print(markdown(rows, title))
 
 

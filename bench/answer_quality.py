@@ -44,7 +44,7 @@ from daemon.jam import answer_mask  # noqa: E402
 from daemon.live_tokenizer import TokenStream  # noqa: E402
 from daemon.music_figures import FIGURE_NAMES, figures  # noqa: E402
 from daemon.paths import shipped_weights  # noqa: E402
-from daemon.sampling import sample  # noqa: E402
+from daemon.sampling import masked_log_probs, sample  # noqa: E402
 from daemon.steering import Steering, steer, steering_for  # noqa: E402
 from training.midi_loading import LoadedMidi, load_folder  # noqa: E402
 
@@ -169,6 +169,49 @@ def generated(engine, call: Call, jam: JamSettings, seed: int) -> list[Note]:
     return [n._replace(start=n.start - call.steps) for n in notes]
 
 
+def continuation_nll(engine, call: Call, jam: JamSettings) -> tuple[float, int, int]:
+    """The human continuation scored under the daemon's answer distribution (answer_mask, the
+    steering, softmax at the jam temperature; top-p left out: it would make any tail token
+    infinitely unlikely): (summed NLL of the tokens the mask allows, their count, the count of
+    tokens it forbids). Scored from the first answer token through the offset of the bar line
+    that ends the answer."""
+    stream = call_stream(call)
+    engine.reset([BAR])
+    engine.feed(list(stream.tokens)[1:])
+    start, end = call.steps, 2 * call.steps
+    steering = steering_for(call.notes, jam.key, jam.register, jam.clashes, jam.density, call.steps_per_bar, call.steps)
+    prefix = stream.bar_tokens_to(start)
+    stream.append(prefix)
+    engine.feed(prefix)
+    targets = [t for note in call.continuation for t in stream_after(stream, note._replace(start=note.start + start))]
+    targets += stream_after(stream, None, end)[:-1]  # the end bar line's offset, not its BAR
+    nll, allowed, forbidden = 0.0, 0, 0
+    replay = call_stream(call)
+    replay.append(prefix)
+    notes: list[Note] = []
+    for token in targets:
+        mask = answer_mask(replay.state, replay.last_bar, replay.steps_per_bar, start, end, jam.max_note_steps)
+        if steering is not None:
+            steer(mask, replay.state, replay.last_bar, replay.steps_per_bar, steering, notes)
+        if mask[token]:
+            nll -= float(masked_log_probs(engine.logits.astype(np.float64) / max(jam.temperature, 1e-6), mask)[token])
+            allowed += 1
+        else:
+            forbidden += 1
+        engine.feed([token])
+        replay.append([token])
+        if is_duration(token):
+            notes.append(Note(*replay.last_note, token_value(token)))
+    return nll, allowed, forbidden
+
+
+def stream_after(stream: TokenStream, note: Note | None, bar_line: int = 0) -> list[int]:
+    """The tokens of a note (or of the bar lines up to `bar_line`), appended to `stream`."""
+    tokens = stream.note_tokens(note) if note is not None else stream.bar_tokens_to(bar_line)
+    stream.append(tokens)
+    return tokens
+
+
 def transposed(notes: list[Note], semitones: int) -> list[Note]:
     if max(n.pitch for n in notes) + semitones > 108:
         semitones -= 12
@@ -239,12 +282,39 @@ def summary(results: dict[str, list[dict[str, float]]], systems: list[str]) -> l
     return rows
 
 
+def register_coverage(calls: list[Call], margins: tuple[int, ...] = (0, 2, 3, 5, 7, 12)) -> dict[int, float]:
+    """Share of the human continuations' notes within the call's range widened by each margin
+    (what steering.REGISTER_MARGIN is chosen from)."""
+    inside = dict.fromkeys(margins, 0)
+    total = 0
+    for call in calls:
+        low, high = min(n.pitch for n in call.notes), max(n.pitch for n in call.notes)
+        total += len(call.continuation)
+        for margin in margins:
+            inside[margin] += sum(low - margin <= n.pitch <= high + margin for n in call.continuation)
+    return {margin: count / max(total, 1) for margin, count in inside.items()}
+
+
+def nll_summary(engine, calls: list[Call], jam: JamSettings) -> dict[str, float]:
+    """Mean NLL per allowed token of the human continuations (mean ± SE over calls), and the share
+    of their tokens the answer's mask forbids."""
+    scored = [continuation_nll(engine, call, jam) for call in calls]
+    nll, se, _ = mean_se([total / count for total, count, _ in scored if count])
+    forbidden = sum(f for _, _, f in scored) / max(sum(a + f for _, a, f in scored), 1)
+    return {"nll": nll, "nll_se": se, "nll_forbidden": forbidden}
+
+
 def markdown(rows: list[dict], title: str) -> str:
     head = "| system | " + " | ".join(FIGURE_NAMES) + " |"
     lines = [title, "", head, "|---" * (len(FIGURE_NAMES) + 1) + "|"]
     for row in rows:
         lines.append(f"| {row['system']} | " + " | ".join(f"{row[n]:.3f} ± {row[n + '_se']:.3f}" for n in FIGURE_NAMES)
                      + " |")
+    for row in rows:
+        if "nll" in row:
+            lines.append(f"\n{row['system']}: the human continuation scores {row['nll']:.3f} ± {row['nll_se']:.3f} "
+                         f"nats per token under the answer's distribution; the mask forbids {row['nll_forbidden']:.3f} "
+                         f"of its tokens")
     lines += ["", "Paired difference from the human continuation, per call (mean ± SE):", "", head,
               "|---" * (len(FIGURE_NAMES) + 1) + "|"]
     for row in rows:
@@ -274,6 +344,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="[jam] settings other than the defaults, e.g. temperature=0.9 key=auto")
+    parser.add_argument("--nll", action="store_true",
+                        help="also score the human continuation under each model's answer distribution")
     parser.add_argument("--json", action="store_true", help="one JSON line per system instead of a table")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -289,9 +361,14 @@ def main() -> None:
     calls = pick_calls(files, args.calls)
     if not calls:
         sys.exit(f"{args.data}: no call of {CALL_BARS} bars with an answer after it")
-    results = measure(calls, dict(engines_for(args.models)), jam, args.seeds, progress)
+    engines = dict(engines_for(args.models))
+    results = measure(calls, engines, jam, args.seeds, progress)
     systems = [s for s in SYSTEMS if s not in MODELS or s in args.models]
     rows = summary(results, systems)
+    if args.nll:
+        for row in rows:
+            if row["system"] in engines:
+                row.update(nll_summary(engines[row["system"]], calls, jam))
     if args.json:
         for row in rows:
             print(json.dumps({"data": str(args.data), "seeds": args.seeds, "settings": args.set, **row}))
@@ -302,6 +379,10 @@ def main() -> None:
                  f"{jam.temperature}, top-p {jam.top_p}, key {jam.key}, register {jam.register}, clashes {jam.clashes}, "
                  f"density {jam.density}")
         print(markdown(rows, title))
+        human = next(row for row in rows if row["system"] == "human")
+        coverage = ", ".join(f"±{m}: {share:.3f}" for m, share in register_coverage(calls).items())
+        print(f"\nHuman continuation: {1 - human['in_scale']:.3f} of its notes outside the call's scale (mean over "
+              f"calls); share of its notes within the call's range widened by a margin: {coverage}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ Calls are 2- and 4-bar windows from evenly spaced places in each file of the fol
 reference test set), read with the project's loader. Each call is played into a fresh session's
 stream exactly as the daemon commits a player's notes (TokenStream, the engine fed token by
 token), and answered as the daemon answers: for as many bars as the call, from the bar line after
-it, under `answer_mask`, with `daemon.sampling.sample` and the jam settings' defaults, K seeds.
+it, by the daemon's own offline answer loop (daemon.answer_loop.generate_answer: answer_mask, the
+steering of daemon/steering.py, daemon.sampling.sample) with the jam settings' defaults (or
+--set NAME=VALUE changes), K seeds.
 
 Systems: transformer and lstm (the shipped weights, the daemon's native engine), human (the
 file's real next bars, the reference), other_piece (the human continuation of a call of the same
@@ -37,15 +39,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.codec import BAR, VOCAB_SIZE, Note, is_duration, is_offset, token_value  # noqa: E402
+from daemon.answer_loop import compose_mask, generate_answer  # noqa: E402
+from daemon.codec import BAR, VOCAB_SIZE, Note, is_duration, token_value  # noqa: E402
 from daemon.config import ConfigError, JamSettings, settings_from  # noqa: E402
 from daemon.engine import CONTEXT, Engine  # noqa: E402
-from daemon.jam import answer_mask  # noqa: E402
 from daemon.live_tokenizer import TokenStream  # noqa: E402
 from daemon.music_figures import FIGURE_NAMES, figures  # noqa: E402
 from daemon.paths import shipped_weights  # noqa: E402
-from daemon.sampling import masked_log_probs, sample  # noqa: E402
-from daemon.steering import Steering, steer, steering_for  # noqa: E402
+from daemon.sampling import masked_log_probs  # noqa: E402
+from daemon.steering import answer_options  # noqa: E402
 from training.midi_loading import LoadedMidi, load_folder  # noqa: E402
 
 MODELS = ("transformer", "lstm")
@@ -134,39 +136,14 @@ class UniformLogits:
         return self.logits
 
 
-def answer_notes(engine, stream: TokenStream, start: int, end: int, jam: JamSettings,
-                 rng: np.random.Generator, steering: Steering | None = None) -> list[Note]:
-    """The answer JamSession._generate plays, without its clock: bar lines up to `start`, then
-    tokens sampled under answer_mask (earliest = start, no pacing), narrowed by the steering,
-    until the bar line at `end`."""
-    bar_len = stream.steps_per_bar
-    prefix = stream.bar_tokens_to(start)
-    stream.append(prefix)
-    engine.feed(prefix)
-    notes = []
-    while True:
-        mask = answer_mask(stream.state, stream.last_bar, bar_len, start, end, jam.max_note_steps)
-        if steering is not None:
-            steer(mask, stream.state, stream.last_bar, bar_len, steering, notes)
-        token = sample(engine.logits, mask, jam.temperature, jam.top_p, rng)
-        if is_offset(token) and token_value(token) == bar_len and stream.last_bar + bar_len >= end:
-            return notes
-        engine.feed([token])
-        stream.append([token])
-        if is_duration(token):
-            onset, pitch = stream.last_note
-            notes.append(Note(onset, pitch, token_value(token)))
-
-
 def generated(engine, call: Call, jam: JamSettings, seed: int) -> list[Note]:
     """One answer to a call from a fresh session (engine primed as the daemon primes it)."""
     stream = call_stream(call)
     engine.reset([BAR])
     engine.feed(list(stream.tokens)[1:])
-    rng = np.random.default_rng(seed)
-    steering = steering_for(call.notes, jam.key, jam.register, jam.clashes, jam.density, call.steps_per_bar, call.steps)
-    notes = answer_notes(engine, stream, call.steps, 2 * call.steps, jam, rng, steering)
-    return [n._replace(start=n.start - call.steps) for n in notes]
+    options = answer_options(jam, call.notes, call.steps_per_bar, call.steps)
+    answer = generate_answer(engine, stream, call.steps, 2 * call.steps, options, np.random.default_rng(seed))
+    return [Note(n.start - call.steps, n.pitch, n.duration) for n, _ in answer.notes]
 
 
 def continuation_nll(engine, call: Call, jam: JamSettings) -> tuple[float, int, int]:
@@ -179,7 +156,7 @@ def continuation_nll(engine, call: Call, jam: JamSettings) -> tuple[float, int, 
     engine.reset([BAR])
     engine.feed(list(stream.tokens)[1:])
     start, end = call.steps, 2 * call.steps
-    steering = steering_for(call.notes, jam.key, jam.register, jam.clashes, jam.density, call.steps_per_bar, call.steps)
+    options = answer_options(jam, call.notes, call.steps_per_bar, call.steps)
     prefix = stream.bar_tokens_to(start)
     stream.append(prefix)
     engine.feed(prefix)
@@ -190,9 +167,7 @@ def continuation_nll(engine, call: Call, jam: JamSettings) -> tuple[float, int, 
     replay.append(prefix)
     notes: list[Note] = []
     for token in targets:
-        mask = answer_mask(replay.state, replay.last_bar, replay.steps_per_bar, start, end, jam.max_note_steps)
-        if steering is not None:
-            steer(mask, replay.state, replay.last_bar, replay.steps_per_bar, steering, notes)
+        mask = compose_mask(replay.state, replay.last_bar, replay.steps_per_bar, start, end, options, notes)
         if mask[token]:
             nll -= float(masked_log_probs(engine.logits.astype(np.float64) / max(jam.temperature, 1e-6), mask)[token])
             allowed += 1

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daemon.answer_loop import AnswerOptions, MaskNarrowing
 from daemon.codec import MAX_DURATION, OFFSET_BASE, PITCH_BASE, PITCH_MAX, PITCH_MIN, Note
+from daemon.config import JamSettings
 from daemon.grammar import HAVE_OFFSET, NEED_OFFSET, GrammarState
 from daemon.keys import find_key, parse_key
 from daemon.music_figures import clash_count
@@ -112,3 +114,19 @@ def steer(mask: np.ndarray, state: GrammarState, bar: int, steps_per_bar: int, s
                 pitches = pitches & (PITCHES > state.last_pitch)
             offsets[offset] = pitches.any()
     return mask
+
+
+def narrowing(steering: Steering, steps_per_bar: int) -> MaskNarrowing:
+    """The steering as one of the answer loop's mask narrowings."""
+
+    def narrow(mask: np.ndarray, state: GrammarState, bar: int, notes: Sequence[Note]) -> None:
+        steer(mask, state, bar, steps_per_bar, steering, notes)
+
+    return narrow
+
+
+def answer_options(jam: JamSettings, call: Sequence[Note], steps_per_bar: int, call_steps: int) -> AnswerOptions:
+    """How an answer to `call` (notes of `call_steps` steps) is sampled under the jam settings."""
+    steering = steering_for(call, jam.key, jam.register, jam.clashes, jam.density, steps_per_bar, call_steps)
+    narrowings = () if steering is None else (narrowing(steering, steps_per_bar),)
+    return AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps, narrowings)

@@ -189,11 +189,11 @@ class JamSettings:
     key: str = _setting("off", key_setting, "auto (the call's), off or a key like \"C major\", \"F# minor\", \"Bbm\"",
                         "hold the answer's pitches to a scale (a few chromatic notes allowed): the call's, none, or one")
     register: str = _setting("free", choice("follow", "free"), "follow or free",
-                             "keep the answer's pitches near the call's range")
+                             "keep the answer's pitches within the call's range widened by 7 semitones")
     clashes: str = _setting("free", choice("follow", "free"), "follow or free",
                             "follow: no answer note a semitone against a sounding answer note unless the call has such")
-    density: str = _setting("free", choice("follow", "free"), "follow or free",
-                            "follow: no more notes in a bar than the call plays per bar, with a little headroom")
+    density: str | float = _setting("free", either("free", number(1, 4)), "free or 1..4",
+                                    "the most notes an answer plays in a bar, as a multiple of the call's notes per bar")
 
 
 @dataclass(frozen=True)

@@ -99,9 +99,9 @@ def test_without_the_clash_rule_random_answers_do_clash():
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**16))
-def test_density_follow_caps_the_onsets_in_each_bar(seed):
-    steering = steering_for(CALL, "off", "free", "free", "follow", BAR, 2 * BAR)
-    assert steering.onsets_per_bar == 4  # 3 notes a bar, with headroom 1.25, rounded up
+def test_density_caps_the_onsets_in_each_bar(seed):
+    steering = steering_for(CALL, "off", "free", "free", 1.25, BAR, 2 * BAR)
+    assert steering.onsets_per_bar == 4  # 3 notes a bar, times 1.25, rounded up
     notes, _ = answer(CALL, steering, seed, bars=4)
     for bar in range(4):
         assert sum(bar * BAR <= n.start - 4 * BAR < (bar + 1) * BAR for n in notes) <= 4

@@ -190,9 +190,9 @@ class JamSettings:
                         "hold the answer's pitches to a scale (a few chromatic notes allowed): the call's, none, or one")
     register: str = _setting("free", choice("follow", "free"), "follow or free",
                              "keep the answer's pitches within the call's range widened by 7 semitones")
-    clashes: str = _setting("free", choice("follow", "free"), "follow or free",
+    clashes: str = _setting("follow", choice("follow", "free"), "follow or free",
                             "follow: no answer note a semitone against a sounding answer note unless the call has such")
-    density: str | float = _setting("free", either("free", number(1, 4)), "free or 1..4",
+    density: str | float = _setting(1.5, either("free", number(1, 4)), "free or 1..4",
                                     "the most notes an answer plays in a bar, as a multiple of the call's notes per bar")
 
 

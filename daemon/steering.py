@@ -78,13 +78,22 @@ def base_pitches(steering: Steering, answer: Sequence[Note]) -> np.ndarray:
     return allowed
 
 
+def _ringing(answer: Sequence[Note], step: int) -> list[Note]:
+    """The answer's notes still sounding at or after `step`."""
+    found = []
+    for note in reversed(answer):
+        if note.start < step - MAX_DURATION:
+            break  # earlier notes have ended (none is longer than MAX_DURATION)
+        if note.start + note.duration > step:
+            found.append(note)
+    return found
+
+
 def without_clashes(allowed: np.ndarray, answer: Sequence[Note], onset: int) -> np.ndarray:
     """`allowed` (a copy) without the pitches a semitone from an answer note sounding at `onset`."""
     allowed = allowed.copy()
-    for note in reversed(answer):
-        if note.start < onset - MAX_DURATION:
-            break  # earlier notes have ended (none is longer than MAX_DURATION)
-        if note.start <= onset < note.start + note.duration:
+    for note in _ringing(answer, onset):
+        if note.start <= onset:
             for neighbour in (note.pitch - 1, note.pitch + 1):
                 if PITCH_MIN <= neighbour <= PITCH_MAX:
                     allowed[neighbour - PITCH_MIN] = False
@@ -109,11 +118,22 @@ def steer(mask: np.ndarray, state: GrammarState, bar: int, steps_per_bar: int, s
             offsets[:] = False
             return mask
         base = base_pitches(steering, answer)
-        for offset in np.flatnonzero(offsets):
-            pitches = without_clashes(base, answer, bar + offset) if steering.avoid_clashes else base
-            if offset == state.last_offset:
-                pitches = pitches & (PITCHES > state.last_pitch)
-            offsets[offset] = pitches.any()
+        ringing = _ringing(answer, bar) if steering.avoid_clashes else []
+        room = min(int(base.sum()), int((base & (PITCHES > state.last_pitch)).sum()))
+        if room > 2 * len(ringing):
+            return mask  # each sounding note rules out two pitches at most: every onset keeps one
+        candidates = np.flatnonzero(offsets)
+        open_pitches = np.broadcast_to(base, (len(candidates), len(PITCHES))).copy()
+        onsets = (bar + candidates)[:, None]
+        starts, durations, pitches = np.array([(n.start, n.duration, n.pitch) for n in ringing], dtype=int).reshape(-1, 3).T
+        ends = starts + durations
+        rows, which = np.nonzero((starts <= onsets) & (onsets < ends))  # (candidate, ringing note) pairs
+        for neighbour in (-1, 1):  # a few array operations, whatever the count: this runs for every onset token
+            columns = pitches[which] + neighbour - PITCH_MIN
+            inside = (columns >= 0) & (columns < len(PITCHES))
+            open_pitches[rows[inside], columns[inside]] = False
+        open_pitches[candidates == state.last_offset] &= PITCHES > state.last_pitch
+        offsets[candidates] = open_pitches.any(axis=1)
     return mask
 
 

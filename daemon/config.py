@@ -187,11 +187,13 @@ class JamSettings:
     barge_in: bool = _setting(True, boolean, "true or false", "stop the answer when the player plays")
     # Steering (daemon/steering.py); what each does to the answer is measured in the README.
     key: str = _setting("off", key_setting, "auto (the call's), off or a key like \"C major\", \"F# minor\", \"Bbm\"",
-                        "hold the answer's pitches to a scale (a few chromatic notes allowed): the call's, none, or one")
+                        "hold the answer's pitches to a scale (a few chromatic notes allowed): the call's, none, or one",
+                        live=True)
     register: str = _setting("free", choice("follow", "free"), "follow or free",
-                             "keep the answer's pitches within the call's range widened by 7 semitones")
+                             "keep the answer's pitches within the call's range widened by 7 semitones", live=True)
     clashes: str = _setting("follow", choice("follow", "free"), "follow or free",
-                            "follow: no answer note a semitone against a sounding answer note unless the call has such")
+                            "follow: no answer note a semitone against a sounding answer note unless the call has such",
+                            live=True)
     density: str | float = _setting(1.5, either("free", number(1, 4)), "free or 1..4",
                                     "the most notes an answer plays in a bar, as a multiple of the call's notes per bar")
 

@@ -160,31 +160,27 @@ def continuation_nll(engine, call: Call, jam: JamSettings) -> tuple[float, int, 
     prefix = stream.bar_tokens_to(start)
     stream.append(prefix)
     engine.feed(prefix)
-    targets = [t for note in call.continuation for t in stream_after(stream, note._replace(start=note.start + start))]
-    targets += stream_after(stream, None, end)[:-1]  # the end bar line's offset, not its BAR
+    written = stream.copy()  # the continuation's tokens, as the stream would hold them
+    targets: list[int] = []
+    for note in call.continuation:
+        tokens = written.note_tokens(note._replace(start=note.start + start))
+        written.append(tokens)
+        targets += tokens
+    targets += written.bar_tokens_to(end)[:-1]  # the end bar line's offset, not its BAR
     nll, allowed, forbidden = 0.0, 0, 0
-    replay = call_stream(call)
-    replay.append(prefix)
     notes: list[Note] = []
     for token in targets:
-        mask = compose_mask(replay.state, replay.last_bar, replay.steps_per_bar, start, end, options, notes)
+        mask = compose_mask(stream.state, stream.last_bar, stream.steps_per_bar, start, end, options, notes)
         if mask[token]:
             nll -= float(masked_log_probs(engine.logits.astype(np.float64) / max(jam.temperature, 1e-6), mask)[token])
             allowed += 1
         else:
             forbidden += 1
         engine.feed([token])
-        replay.append([token])
+        stream.append([token])
         if is_duration(token):
-            notes.append(Note(*replay.last_note, token_value(token)))
+            notes.append(Note(*stream.last_note, token_value(token)))
     return nll, allowed, forbidden
-
-
-def stream_after(stream: TokenStream, note: Note | None, bar_line: int = 0) -> list[int]:
-    """The tokens of a note (or of the bar lines up to `bar_line`), appended to `stream`."""
-    tokens = stream.note_tokens(note) if note is not None else stream.bar_tokens_to(bar_line)
-    stream.append(tokens)
-    return tokens
 
 
 def transposed(notes: list[Note], semitones: int) -> list[Note]:

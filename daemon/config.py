@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from daemon.keys import parse_key
+
 APP_NAME = "antiphon"
 
 
@@ -112,6 +114,17 @@ def meter(value: Any) -> str:
     return value
 
 
+def key_setting(value: Any) -> str:
+    """"auto" (the call's key), "off" or a key parse_key reads, e.g. "F# minor"."""
+    if value in ("auto", "off"):
+        return value
+    try:
+        parse_key(text(value))
+    except ValueError:
+        raise ValueError("not a key") from None
+    return value
+
+
 def topic_prefix(value: Any) -> str:
     """A prefix every daemon topic can be published under (MQTT forbids wildcards there)."""
     value = text(value)
@@ -172,6 +185,17 @@ class JamSettings:
     echo_window_ms: float = _setting(100.0, number(0, 1000), "0..1000",
                                      "an input note this soon after the same output note is our own echo")
     barge_in: bool = _setting(True, boolean, "true or false", "stop the answer when the player plays")
+    # Steering (daemon/steering.py); what each does to the answer is measured in the README.
+    key: str = _setting("off", key_setting, "auto (the call's), off or a key like \"C major\", \"F# minor\", \"Bbm\"",
+                        "hold the answer's pitches to a scale (a few chromatic notes allowed): the call's, none, or one",
+                        live=True)
+    register: str = _setting("free", choice("follow", "free"), "follow or free",
+                             "keep the answer's pitches within the call's range widened by 7 semitones", live=True)
+    clashes: str = _setting("follow", choice("follow", "free"), "follow or free",
+                            "follow: no answer note a semitone against a sounding answer note unless the call has such",
+                            live=True)
+    density: str | float = _setting(1.5, either("free", number(1, 4)), "free or 1..4",
+                                    "the most notes an answer plays in a bar, as a multiple of the call's notes per bar")
 
 
 @dataclass(frozen=True)

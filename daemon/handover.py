@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.answer_loop import AnswerOptions
 from daemon.answerer import AnswerPlan
 from daemon.config import JamSettings
 from daemon.listener import Listener
+from daemon.steering import answer_options
 from daemon.timeline import Timeline
 
 
@@ -38,7 +38,7 @@ def hand_over(start: int, asked: bool, jam: JamSettings, timeline: Timeline, lis
     if not asked and jam.wait == "bar" and listener.may_play_at(start):
         commit_at = timeline.time_at(start + 0.5)
         start = max(start + 1, math.ceil(timeline.position(commit_at + send_ahead)))
-    options = AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps)
+    options = answer_options(jam, listener.call_notes, bar, listener.call_bars(bar) * bar)
     plan = AnswerPlan(start, end, bars, listener.velocity(jam.velocity), timeline.view, options,
                       jam.lookahead_steps, send_ahead, rng)
     return HandOver(plan, commit_at)

@@ -26,6 +26,7 @@ class Listener:
     def __init__(self) -> None:
         self.tokenizer = LiveTokenizer()
         self.call_start = 0  # stream bar line where the current call began
+        self.call_notes: list[Note] = []  # the current call's notes as committed (what steering follows)
         self.last_release = 0.0  # position of the latest note-off (or hand-over request)
         self.velocities: deque[int] = deque(maxlen=VELOCITY_MEMORY)
         self._onsets: deque[int] = deque(maxlen=2)  # the call's last two distinct onset steps
@@ -34,6 +35,7 @@ class Listener:
     def begin_call(self, start: int) -> None:
         """A new call begins at the bar line `start`."""
         self.call_start = start
+        self.call_notes = []
         self._onsets.clear()
 
     def note_on(self, pitch: int, velocity: int, position: float) -> None:
@@ -51,14 +53,16 @@ class Listener:
         self.tokenizer.pedal(down, position)
 
     def commit(self, position: float) -> list[Note]:
-        return self.tokenizer.commit(position)
+        notes = self.tokenizer.commit(position)
+        self.call_notes += notes
+        return notes
 
     def finish_call(self, position: float, start: int) -> list[Note]:
         """The hand-over: keys still down (held past the cap, or a lost note-off) and the pedal end
         now; every note of the call is committed."""
         self.tokenizer.release_keys(position)
         self.tokenizer.release_pedal(position)
-        return self.tokenizer.commit(max(position, start) + 1)
+        return self.commit(max(position, start) + 1)
 
     # -- state ------------------------------------------------------------------------
     def holding(self, position: float) -> int:
@@ -83,12 +87,15 @@ class Listener:
         previous, last = self._onsets
         return last < step <= last + (last - previous)
 
+    def call_bars(self, steps_per_bar: int) -> int:
+        """The call's length: bars from its start to the last release."""
+        return math.ceil(max(self.last_release - self.call_start, 1) / steps_per_bar)
+
     def answer_bars(self, jam: JamSettings, steps_per_bar: int) -> int:
-        """The answer's length: fixed, or the call's (from its start to the last release), capped."""
+        """The answer's length: fixed, or the call's, capped."""
         if jam.answer_bars:
             return jam.answer_bars
-        call = math.ceil(max(self.last_release - self.call_start, 1) / steps_per_bar)
-        return max(1, min(call, jam.max_answer_bars))
+        return max(1, min(self.call_bars(steps_per_bar), jam.max_answer_bars))
 
     def velocity(self, setting: str | int) -> int:
         """The answer's velocity: fixed, or the mean of the player's latest notes."""

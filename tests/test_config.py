@@ -136,8 +136,10 @@ def test_live_settings_and_their_mqtt_names_come_from_the_declarations():
 
     declared = {(section, spec.name) for section, cls in SECTIONS.items() for spec in fields(cls) if spec.metadata["live"]}
     assert {(s.section, name) for name, s in LIVE_SETTINGS.items()} == declared == {
-        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("jam", "answer_bars"), ("model", "weights")}
-    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "answer_bars": int, "weights": str}
+        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("jam", "answer_bars"), ("model", "weights"),
+        ("jam", "key"), ("jam", "register"), ("jam", "clashes")}
+    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "answer_bars": int, "weights": str,
+                        "key": str, "register": str, "clashes": str}
     assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars",
                                "answer-length": "answer_bars"}
 
@@ -211,3 +213,13 @@ def test_a_bad_mqtt_password_file_is_a_configuration_error(tmp_path: Path, conte
     config = tmp_path / "config.toml"
     config.write_text(f'[mqtt]\nhost = "127.0.0.1"\npassword_file = "{path}"\n')
     assert main(["run", "--config", str(config)]) == 2  # systemd's RestartPreventExitStatus=2
+
+
+def test_the_answer_key_is_auto_off_or_a_key():
+    settings = settings_from({"jam": {"key": "F# minor"}}, "test")
+    assert settings.jam.key == "F# minor"
+    assert with_setting(settings, "jam", "key", "auto").jam.key == "auto"
+    with pytest.raises(ConfigError, match=r"\[jam\] key = 'H#m' is not a key; allowed: auto"):
+        with_setting(settings, "jam", "key", "H#m")
+    with pytest.raises(ConfigError, match="density = 'lots' is not a number"):
+        settings_from({"jam": {"density": "lots"}}, "test")

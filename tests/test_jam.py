@@ -20,8 +20,10 @@ from daemon.decoding import automatic_precision
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
 from daemon.loopback import LoopbackPorts
 from daemon.model import build_model, config_from_dict
+from daemon.music_figures import clash_count
 from daemon.native import native_unavailable
 from daemon.playing import notes_from, phrase_events, play
+from daemon.steering import CHROMATIC_ALLOWANCE, REGISTER_MARGIN
 from daemon.weights import save_weights
 
 BPM = 240.0
@@ -378,3 +380,21 @@ def test_staccato_playing_is_not_interrupted(tiny_weights):
     assert not finished["barged_in"] and d.app.session.stats["barge_ins"] == 0
     ons = [(t - origin) / step for t, m in d.recorded if m.type == "note_on" and m.velocity > 0]
     assert ons and min(ons) > 64 - 0.5  # nothing during the call: the answer begins after its last bar line
+
+
+def test_the_answer_follows_the_calls_register_and_the_key_asked_for(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, answer_bars=2, key="C major", register="follow", clashes="follow") as d:
+            origin = await d.play(CALL)
+            await d.wait_for("answer_finished")
+            return d, origin
+
+    d, origin = asyncio.run(scenario())
+    notes = notes_from([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")], origin, BPM)
+    assert len(notes) >= 4
+    low, high = 60 - REGISTER_MARGIN, 72 + REGISTER_MARGIN  # the call's range, widened
+    assert all(low <= n.pitch <= high for n in notes)
+    chromatic = sum(n.pitch % 12 not in (0, 2, 4, 5, 7, 9, 11) for n in notes)
+    assert chromatic <= CHROMATIC_ALLOWANCE * len(notes)
+    assert clash_count(notes) == 0
+    assert [n.pitch for n in d.app.session.listener.call_notes] == [n.pitch for n in CALL]

@@ -1,7 +1,7 @@
 """How well a call's tempo is read from its onsets: daemon.tempo against pretty_midi and a fixed tempo.
 
 Phrases of 2 and 4 bars (4/4) from several places in each reference test file are played at tempi
-drawn uniformly between 60 and 180 bpm with human timing: Gaussian onset jitter (10 and 25 ms,
+drawn uniformly between 60 and 180 bpm with human timing: Gaussian onset jitter (10 and 25 ms, and 0 for reference,
 each note on its own, chords included), velocities moved by up to ±15 and note lengths shortened
 at random. Each call's tempo is then estimated from its note-on times alone by
 - follow: daemon.tempo.estimate_tempo with the prior at the default 100 bpm (a call it cannot read
@@ -41,7 +41,7 @@ from training.midi_loading import load_folder
 REFERENCE = Path("/work/shared/data/reference")
 DEFAULT_BPM = 100.0
 BAR = 16
-JITTERS_MS = (10, 25)
+JITTERS_MS = (0, 10, 25)  # 0: what the rhythm alone leaves ambiguous
 OCTAVE_TOLERANCE = 0.08
 SESSION_CALLS = 4  # calls in a tracked run
 SESSION_DRIFT = 0.02  # s.d. of the tempo's change from one call of a run to the next

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from daemon import sdnotify
-from daemon.clock import check_loop_clock, now
+from daemon.clock import check_loop_clock
 from daemon.config import LIVE_SETTINGS, SECTIONS, ConfigError, Settings, load_settings, with_setting
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
@@ -124,8 +124,8 @@ class JamApp:
                         "kernel": engine.kernel if engine else s.model.kernel},
             "temperature": s.jam.temperature,
             "top_p": s.jam.top_p,
-            "bpm": round(self.session.timeline.grid.bpm, 2) if self.session and self.session.timeline.clock_present(now())
-            else s.tempo.bpm,
+            "bpm": round(self.session.timeline.grid.bpm, 2) if self.session else s.tempo.bpm,  # the tempo in use
+            "tempo_source": self.session.timeline.source if self.session else "fixed",
             "meter": s.tempo.meter,
             "answer_bars": s.jam.answer_bars,
             "ports": self.midi.status(),
@@ -166,8 +166,10 @@ class JamApp:
             self.session.resume()
         elif action == "panic":
             self.session.panic()
+        elif action == "count-in":
+            self.session.count_in()
         else:
-            raise ValueError(f"unknown action {action!r}; known: pause, resume, panic")
+            raise ValueError(f"unknown action {action!r}; known: pause, resume, panic, count-in")
         self._emit({"type": "state"})
 
     def add_listener(self, callback: Callable[[dict], None]) -> None:

@@ -3,9 +3,9 @@
 Topics under the configured prefix:
   <prefix>/status        retained "online" / "offline" (Last Will), Home Assistant's payloads
   <prefix>/state         retained JSON state document, republished on change and on reconnect
-  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, answer_bars,
+  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, tempo_mode, answer_bars,
                          weights), plain or JSON payload
-  <prefix>/cmd/<action>  pause, resume, panic (payload ignored)
+  <prefix>/cmd/<action>  pause, resume, panic, count-in (payload ignored)
   <prefix>/event         JSON events (answer started/finished, port lost/regained)
   <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
 
@@ -50,7 +50,7 @@ EVENT_QUEUE_SIZE = 1024
 SETTINGS: dict[str, type] = {name: setting.type for name, setting in LIVE_SETTINGS.items()}
 # Other spellings of the settings (config.py's mqtt=...), accepted next to the state document's keys.
 SETTING_ALIASES = {alias: name for name, setting in LIVE_SETTINGS.items() for alias in setting.aliases}
-ACTIONS = ("pause", "resume", "panic")
+ACTIONS = ("pause", "resume", "panic", "count-in")
 
 
 async def stop_bridge(task: asyncio.Task) -> None:

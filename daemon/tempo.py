@@ -247,3 +247,29 @@ def _at_bpm(estimate: TempoEstimate, bpm: float, onsets: Sequence[float] | np.nd
     slots = np.round(old.position(times))
     origin = float(np.mean(times - slots * step))
     return replace(estimate, bpm=bpm, origin=origin)
+
+
+TAP_GAP_S = 2.0  # a pause longer than this between taps starts a new count
+MIN_TAPS = 3
+
+
+class TapTempo:
+    """Tap tempo: three or more taps, each within TAP_GAP_S of the last, set the tempo (the median
+    interval) and beat one (on the last tap, where the taps' median phase puts it: one tap a
+    little late or early moves neither)."""
+
+    def __init__(self) -> None:
+        self._taps: list[float] = []
+
+    def tap(self, t: float) -> tuple[float, float] | None:
+        """A tap at time t: (bpm, time of beat one) once there are enough taps, else None."""
+        if self._taps and t - self._taps[-1] > TAP_GAP_S:
+            self._taps.clear()
+        self._taps.append(t)
+        if len(self._taps) < MIN_TAPS:
+            return None
+        taps = np.asarray(self._taps)
+        interval = float(np.median(np.diff(taps)))
+        beats = np.arange(taps.size)
+        beat_one = float(np.median(taps - beats * interval)) + beats[-1] * interval
+        return 60.0 / interval, beat_one

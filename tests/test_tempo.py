@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.tempo import MIN_ONSETS, TempoTracker, estimate_tempo, merge_chords
+from daemon.tempo import MIN_ONSETS, TapTempo, TempoTracker, estimate_tempo, merge_chords
 
 EIGHTHS = list(range(0, 32, 2))
 DOTTED = [0, 3, 4, 6, 8, 11, 12, 14, 16, 19, 20, 22, 24, 27, 28, 30]  # dotted eighth + sixteenth, then an eighth
@@ -151,3 +151,13 @@ def test_the_tracker_smooths_a_short_noisy_call_but_takes_a_clear_change_at_once
     assert min(tracker_before, reading.bpm) <= fused.bpm <= max(tracker_before, reading.bpm)
     changed = tracker.update(played(MIXED, 90.0, jitter_s=0.005, seed=6))
     assert error(changed, 90.0) < 0.01
+
+
+def test_taps_set_the_tempo_by_the_median_interval_and_beat_one_on_the_last_tap():
+    taps = TapTempo()
+    assert taps.tap(10.0) is None and taps.tap(10.5) is None
+    bpm, beat_one = taps.tap(11.0)
+    assert bpm == pytest.approx(120.0) and beat_one == pytest.approx(11.0)
+    bpm, beat_one = taps.tap(11.56)  # one late tap moves neither
+    assert bpm == pytest.approx(120.0) and beat_one == pytest.approx(11.5)
+    assert taps.tap(14.0) is None  # after a long pause the count starts again

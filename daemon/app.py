@@ -170,6 +170,7 @@ class JamApp:
             "temperature": s.jam.temperature,
             "top_p": s.jam.top_p,
             "bpm": self._tempo(),
+            "tempo_source": self.session.timeline.source if self.session else "fixed",
             "meter": s.tempo.meter,
             "answer_bars": s.jam.answer_bars,
             "ports": self.midi.status(),
@@ -215,6 +216,8 @@ class JamApp:
             self.session.resume()
         elif action == "panic":
             self.session.panic()
+        elif action == "count-in":
+            self.session.count_in()
         elif action == "next-weights":
             cycle = self.weights_cycle
             current = self.settings.model.weights
@@ -385,8 +388,8 @@ class JamApp:
             self.takes.model(message, now())
 
     def _tempo(self) -> float:
-        """The tempo in use: an external clock's while one runs, else the setting."""
-        if self.session is not None and self.session.timeline.clock_present(now()):
+        """The tempo in use: an external clock's, the one read from the player or tapped, else the setting."""
+        if self.session is not None:
             return round(self.session.timeline.grid.bpm, 2)
         return self.settings.tempo.bpm
 

@@ -156,6 +156,16 @@ class TempoSettings:
                           live=True, mqtt=("tempo",))
     meter: str = _setting("4/4", meter, "n/d with d in 2,4,8,16 and a bar of at most 31 sixteenths", "time signature")
     follow_clock: bool = _setting(True, boolean, "true or false", "follow an external MIDI clock when present")
+    tempo_mode: str = _setting("fixed", choice("fixed", "follow"), "fixed or follow",
+                               "fixed: calls are read at bpm; follow: each call's tempo and beat one are read from "
+                               "its onsets (a MIDI clock still wins)", "--tempo-mode", live=True, mqtt=("tempo-mode",))
+    tap_cc: int = _setting(-1, number(-1, 127, True), "-1 (off) or a controller 0..127",
+                           "controller tapped 3+ times to set the tempo (median interval; the last tap is beat one)")
+    count_in_cc: int = _setting(-1, number(-1, 127, True), "-1 (off) or a controller 0..127",
+                                "controller that asks for a one-bar count-in (as the MQTT cmd/count-in does)")
+    click_channel: int = _setting(10, number(1, 16, True), "1..16", "channel of the count-in's clicks (10: GM drums)")
+    click_accent_note: int = _setting(76, number(0, 127, True), "0..127", "click on beat one (76: high wood block)")
+    click_note: int = _setting(77, number(0, 127, True), "0..127", "click on the other beats (77: low wood block)")
 
 
 @dataclass(frozen=True)
@@ -290,7 +300,7 @@ MODEL_AND_SAMPLING: frozenset[tuple[str, str]] = frozenset({
     ("jam", "temperature"), ("jam", "top_p"), ("jam", "seed"), ("tempo", "bpm"),
 })
 # TOML spells the ports "in"/"out" like the flags; "in" is a Python keyword, hence the renaming.
-KEY_ALIASES = {("midi", "in"): "input", ("midi", "out"): "output"}
+KEY_ALIASES = {("midi", "in"): "input", ("midi", "out"): "output", ("tempo", "mode"): "tempo_mode"}
 
 
 @dataclass(frozen=True)
@@ -352,7 +362,7 @@ def _live_settings() -> dict[str, LiveSetting]:
 
 LIVE_SETTINGS: dict[str, LiveSetting] = _live_settings()
 # What a controller can fire ([controls], MIDI learn) when it crosses the middle upwards.
-CONTROL_ACTIONS = ("pause", "resume", "panic", "next-weights")
+CONTROL_ACTIONS = ("pause", "resume", "panic", "next-weights", "count-in")
 # Tables of names (rather than of the fixed keys of a section) and the TOML tables they come from.
 NAMED_TABLES = ("controls", "presets")
 MIDDLE = 64  # an action fires when its controller crosses this upwards

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -43,7 +44,12 @@ from daemon.listener import Listener
 from daemon.sampling import make_generator
 from daemon.timeline import Timeline
 
+log = logging.getLogger("antiphon.jam")
+
 SUSTAIN_CC = 64
+COUNT_IN_LEAD_S = 0.1  # a count-in's first click, after it is asked for
+CLICK_S = 0.05  # a click's length (shorter at fast tempi: half a beat)
+CLICK_ACCENT_VELOCITY, CLICK_VELOCITY = 110, 70
 CLOCK_MESSAGES = {"clock", "start", "stop", "continue", "songpos"}
 
 
@@ -79,6 +85,7 @@ class JamSession:
         self.withdrawn = 0
         self._next: asyncio.TimerHandle | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self._tempo_reason = ""  # why the last call's tempo could not be read (follow mode)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -120,9 +127,13 @@ class JamSession:
                 self._note_off(message.note, t)
         elif message.type == "control_change":
             if message.control == SUSTAIN_CC:
-                self.listener.pedal(message.value >= 64, self.timeline.position(t))
+                self.listener.pedal(message.value >= 64, self.timeline.position(t), t)
             elif message.control == self.settings.jam.handover_cc and message.value >= 64:
                 self._hand_over_now()
+            elif message.control == self.settings.tempo.tap_cc and message.value >= 64 and self.phase == Phase.IDLE:
+                self._tap(t)
+            elif message.control == self.settings.tempo.count_in_cc and message.value >= 64:
+                self.count_in()
 
     def _note_on(self, pitch: int, velocity: int, t: float) -> None:
         if self.phase is Phase.HANDING_OVER:
@@ -134,16 +145,18 @@ class JamSession:
         self._cancel_next()
         if self.phase == Phase.IDLE:
             self._anchor(t)
-        self.listener.note_on(pitch, velocity, self.timeline.position(t))
+        self.listener.note_on(pitch, velocity, self.timeline.position(t), t)
         self._commit(t)
         if self._ticker is None:
             self._ticker = self.loop.call_later(self.listener.commit_interval_s, self._tick)
 
     def _note_off(self, pitch: int, t: float) -> None:
         position = self.timeline.position(t)
-        self.listener.note_off(pitch, position)
+        self.listener.note_off(pitch, position, t)
         self._commit(t)
         if self.listener.holding(position) == 0 and self.phase == Phase.CALLING:
+            if self.reading and self.timeline.preview_call(self.listener.onset_times()):
+                position = self.timeline.position(t)
             self._plan_handover(position)
 
     def _anchor(self, t: float) -> None:
@@ -151,9 +164,62 @@ class JamSession:
         following = self.settings.tempo.follow_clock and self.timeline.clock_present(t)
         if self.settings.steps_per_bar != self.timeline.steps_per_bar:
             self.conversation.change_meter(self.settings.steps_per_bar)
-        self.timeline.anchor(t, None if following else self.settings.tempo.bpm)
-        self.listener.begin_call(self.timeline.end)
+        timeline = self.timeline
+        if following:
+            timeline.source = "clock"
+        elif not timeline.preset and self.settings.tempo.tempo_mode == "follow":
+            self.listener.record()  # read at the hand-over; meanwhile the tempo so far times it
+        elif not timeline.preset:
+            timeline.source = "fixed"
+        keep_grid = following or timeline.preset
+        timeline.preset = False
+        timeline.anchor(t, None if keep_grid else timeline.tracker.bpm if self.reading else self.settings.tempo.bpm)
+        self.listener.begin_call(timeline.end)
         self.phase = Phase.CALLING
+
+    @property
+    def reading(self) -> bool:
+        """Follow mode's call in progress: its notes wait for the hand-over, to be read on its own grid."""
+        return self.listener.recording is not None
+
+    def _read_call(self, start: int) -> int:
+        """Follow mode at the hand-over: read the call's tempo, tokenize it on that grid, and say
+        where the answer starts on it (as planned on the call so far, unless that is past)."""
+        estimate = self.timeline.read_call(self.listener.onset_times())
+        self._tempo_reason = estimate.reason
+        if estimate.readable:
+            log.info("tempo %.1f bpm read from the call (%d onsets)", estimate.bpm, estimate.onsets)
+        else:
+            log.info("tempo: the call is %s; keeping %.1f bpm", estimate.reason, self.timeline.grid.bpm)
+        self.listener.replay(self.timeline.position)
+        jam = self.settings.jam
+        start = self.timeline.handover_step(self.listener.last_release, jam.wait, jam.lead_ms / 1000)
+        passed = self.timeline.position(now())
+        if start < passed:  # the call's own grid put the hand-over in the past: the next one then
+            start = self.timeline.bar_after(math.floor(passed)) if jam.wait == "bar" else math.ceil(passed)
+        return start
+
+    def count_in(self) -> None:
+        """One bar of clicks at the tempo in use, accented on beat one; the next call's beat one is
+        the bar line after it. Only between exchanges (IDLE)."""
+        if self.phase != Phase.IDLE:
+            return
+        tempo = self.settings.tempo
+        grid = self.timeline.count_in(now() + COUNT_IN_LEAD_S)
+        channel, beat = tempo.click_channel - 1, 4 * grid.step
+        for index in range(math.ceil(self.timeline.steps_per_bar / 4)):
+            on = grid.time_at(4 * index)
+            accent = index == 0
+            self.output.play(channel, tempo.click_accent_note if accent else tempo.click_note,
+                             CLICK_ACCENT_VELOCITY if accent else CLICK_VELOCITY, on, on + min(CLICK_S, beat / 2))
+        log.info("count-in at %.1f bpm", grid.bpm)
+
+    def _tap(self, t: float) -> None:
+        bpm = self.timeline.tap(t)
+        if bpm is not None:
+            log.info("tempo %.1f bpm tapped", bpm)
+            self.emit({"type": "tempo_tapped", "bpm": round(bpm, 2)})
+            self.emit({"type": "state"})
 
     def _tick(self) -> None:
         self._ticker = None
@@ -166,7 +232,8 @@ class JamSession:
             self._plan_handover(max(self.listener.last_release, self.timeline.position(t)))
 
     def _commit(self, t: float) -> None:
-        self.conversation.add_player_notes(self.listener.commit(self.timeline.position(t)))
+        if not self.reading:
+            self.conversation.add_player_notes(self.listener.commit(self.timeline.position(t)))
 
     # -- hand-over ------------------------------------------------------------------
     def _plan_handover(self, released: float) -> None:
@@ -192,6 +259,9 @@ class JamSession:
         position = self.timeline.position(now())
         if self.phase != Phase.CALLING or self.listener.holding(position) or self.paused:
             return
+        if self.reading:
+            start = self._read_call(start)
+            position = self.timeline.position(now())
         self.conversation.add_player_notes(self.listener.finish_call(position, start))
         handover = hand_over(start, asked, self.settings.jam, self.timeline, self.listener, self.output.send_ahead,
                              self.rng)
@@ -210,8 +280,11 @@ class JamSession:
         self.phase = Phase.ANSWERING
         self.playback.job = job
         self.answers += 1
-        self.emit({"type": "answer_started", "bars": job.plan.bars, "start_step": job.plan.start,
-                   "end_step": job.plan.end})
+        started = {"type": "answer_started", "bars": job.plan.bars, "start_step": job.plan.start,
+                   "end_step": job.plan.end, "bpm": round(self.timeline.grid.bpm, 2), "tempo_source": self.timeline.source}
+        if self._tempo_reason:
+            started["tempo_unreadable"], self._tempo_reason = self._tempo_reason, ""
+        self.emit(started)
         self.emit({"type": "state"})
         if job.done:
             self._take_answer(job)
@@ -298,6 +371,7 @@ class JamSession:
         """The call in progress ends now (keys still down included) and joins the context; the
         next onset begins a new call, anchored afresh."""
         position = self.timeline.position(now())
+        self.listener.recording = None  # follow mode: an interrupted call stays on the grid it was played on
         self.conversation.add_player_notes(self.listener.finish_call(position, math.ceil(position)))
         self.phase = Phase.IDLE
 

@@ -4,12 +4,16 @@ Wraps the `LiveTokenizer` (note events at stream positions in, notes committed i
 out) with what the session needs to know about the call: where it began and when the player
 last let go (the answer's length follows the call's), whether a key is stuck, and the velocity
 an answer that follows the player plays at. Positions are stream steps (floats); loop thread only.
+
+In follow mode the call is also recorded with its times (`record`), to be tokenized again on the
+grid read from it at the hand-over (`replay`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 from daemon.answer_loop import DEFAULT_VELOCITY
 from daemon.codec import Note
@@ -30,6 +34,7 @@ class Listener:
         self.last_release = 0.0  # position of the latest note-off (or hand-over request)
         self.velocities: deque[int] = deque(maxlen=VELOCITY_MEMORY)
         self._onsets: deque[int] = deque(maxlen=2)  # the call's last two distinct onset steps
+        self.recording: list[tuple[str, tuple, float]] | None = None  # (event, its arguments, time)
 
     # -- events -----------------------------------------------------------------------
     def begin_call(self, start: int) -> None:
@@ -38,19 +43,44 @@ class Listener:
         self.call_notes = []
         self._onsets.clear()
 
-    def note_on(self, pitch: int, velocity: int, position: float) -> None:
+    def note_on(self, pitch: int, velocity: int, position: float, t: float) -> None:
         self.velocities.append(velocity)
-        self.tokenizer.note_on(pitch, velocity, position)
-        step = round(position)
-        if not self._onsets or self._onsets[-1] != step:
-            self._onsets.append(step)
+        self._event("note_on", (pitch, velocity), position, t)
 
-    def note_off(self, pitch: int, position: float) -> None:
-        self.tokenizer.note_off(pitch, position)
+    def note_off(self, pitch: int, position: float, t: float) -> None:
+        self._event("note_off", (pitch,), position, t)
         self.last_release = position
 
-    def pedal(self, down: bool, position: float) -> None:
-        self.tokenizer.pedal(down, position)
+    def pedal(self, down: bool, position: float, t: float) -> None:
+        self._event("pedal", (down,), position, t)
+
+    def _event(self, kind: str, arguments: tuple, position: float, t: float) -> None:
+        getattr(self.tokenizer, kind)(*arguments, position)
+        if kind == "note_on":
+            step = round(position)
+            if not self._onsets or self._onsets[-1] != step:
+                self._onsets.append(step)
+        if self.recording is not None:
+            self.recording.append((kind, arguments, t))
+
+    # -- follow mode ------------------------------------------------------------------
+    def record(self) -> None:
+        """Keep this call's events with their times, from now to the replay."""
+        self.recording = []
+
+    def onset_times(self) -> list[float]:
+        return [t for kind, _, t in self.recording or () if kind == "note_on"]
+
+    def replay(self, position: Callable[[float], float]) -> None:
+        """Tokenize the recorded call again, each event at `position(its time)` (the grid read
+        from the call); recording stops."""
+        events, self.recording = self.recording or [], None
+        self.tokenizer = LiveTokenizer()
+        self._onsets.clear()
+        for kind, arguments, t in events:
+            self._event(kind, arguments, position(t), t)
+            if kind == "note_off":
+                self.last_release = position(t)
 
     def commit(self, position: float) -> list[Note]:
         notes = self.tokenizer.commit(position)

@@ -3,9 +3,9 @@
 Topics under the configured prefix:
   <prefix>/status        retained "online" / "offline" (Last Will), Home Assistant's payloads
   <prefix>/state         retained JSON state document, republished on change and on reconnect
-  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, answer_bars,
+  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, tempo_mode, answer_bars,
                          weights), plain or JSON payload
-  <prefix>/cmd/<action>  pause, resume, panic, next-weights (payload ignored)
+  <prefix>/cmd/<action>  pause, resume, panic, next-weights, count-in (payload ignored)
   <prefix>/set/preset    a [presets.NAME] of the config
   <prefix>/cmd/learn     MIDI learn: the payload names the setting or action the next controller moves
   <prefix>/set/paused    ON/OFF: pause or resume (Home Assistant's switch)

@@ -136,12 +136,18 @@ def test_live_settings_and_their_mqtt_names_come_from_the_declarations():
 
     declared = {(section, spec.name) for section, cls in SECTIONS.items() for spec in fields(cls) if spec.metadata["live"]}
     assert {(s.section, name) for name, s in LIVE_SETTINGS.items()} == declared == {
-        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("jam", "answer_bars"), ("model", "weights"),
-        ("jam", "key"), ("jam", "register"), ("jam", "clashes")}
-    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "answer_bars": int, "weights": str,
-                        "key": str, "register": str, "clashes": str}
-    assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars",
+        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("tempo", "tempo_mode"), ("jam", "answer_bars"),
+        ("model", "weights"), ("jam", "key"), ("jam", "register"), ("jam", "clashes")}
+    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "tempo_mode": str, "answer_bars": int,
+                        "weights": str, "key": str, "register": str, "clashes": str}
+    assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "tempo-mode": "tempo_mode", "answer_length": "answer_bars",
                                "answer-length": "answer_bars"}
+
+
+def test_the_tempo_mode_is_the_tempo_tables_mode_key():
+    assert settings_from({"tempo": {"mode": "follow"}}, "test").tempo.tempo_mode == "follow"
+    with pytest.raises(ConfigError, match=r"tempo.*mode.*fixed or follow"):
+        settings_from({"tempo": {"mode": "chase"}}, "test")
 
 
 JSON_VALUES = st.one_of(

@@ -98,10 +98,10 @@ def daemon_factory(jack_server, tiny_weights):
             daemon.process.wait()
 
 
-def play(send, notes: list[Note], delay: float = 0.1) -> float:
+def play(send, notes: list[Note], delay: float = 0.1, bpm: float = BPM) -> float:
     """Play grid notes in real time from now + delay; returns the first onset's time."""
     origin = time.monotonic() + delay
-    for offset, message in phrase_events(notes, BPM):
+    for offset, message in phrase_events(notes, bpm):
         wait = origin + offset - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -136,6 +136,72 @@ def test_answer_comes_after_the_wait_and_is_grammatical(daemon_factory):
     answer = notes_from(note_messages(received), origin, BPM)
     assert all(16 <= n.start < 48 for n in answer)
     assert accepts(encode(answer, range(0, 49, 16)))
+    assert not unpaired(received)
+    assert daemon.stop() == 0
+
+
+def test_follow_mode_answers_on_the_grid_of_the_players_tempo(daemon_factory):
+    played_bpm, step = 132.0, step_seconds(132.0)
+    call = [Note(0, 60, 2, 90), Note(2, 62, 2, 80), Note(4, 64, 3, 85), Note(7, 65, 1, 80), Note(8, 67, 2, 90),
+            Note(10, 65, 2, 80), Note(12, 64, 2, 85), Note(14, 62, 2, 80), Note(16, 60, 4, 90), Note(20, 67, 2, 80),
+            Note(22, 64, 2, 80), Note(24, 60, 6, 90)]
+    daemon, keyboard = daemon_factory("--virtual", "--answer-bars", "1", "--bpm", "120", "--tempo-mode", "follow",
+                                      name="antiphon-follow")
+    origin = play(keyboard.send, call, bpm=played_bpm)
+    read = daemon.wait_for("read from the call", 10)
+    daemon.wait_for("jam: answer:", 10)
+    time.sleep(0.1)
+    assert float(re.search(r"tempo (\S+) bpm", read).group(1)) == pytest.approx(played_bpm, rel=0.04)
+    received = keyboard.take()
+    ons = [t for t, m in note_messages(received) if m.type == "note_on" and m.velocity > 0]
+    assert ons, "\n".join(daemon.lines)
+    # The bar after the call (steps 32..48 of the 132 bpm grid), each onset on a 16th of it.
+    positions = [(t - origin) / step for t in ons]
+    assert all(32 <= round(p) < 48 for p in positions), positions
+    assert max(abs(p - round(p)) for p in positions) < 0.25, positions
+    assert not unpaired(received)
+    assert daemon.stop() == 0
+
+
+def test_taps_set_the_tempo_and_the_next_call_is_answered_on_their_grid(daemon_factory):
+    tapped_bpm, step = 150.0, step_seconds(150.0)
+    daemon, keyboard = daemon_factory("--virtual", "--answer-bars", "1", "--bpm", "100", "--tap-cc", "20",
+                                      name="antiphon-tap")
+    first = time.monotonic() + 0.1
+    for k in range(4):
+        time.sleep(max(0.0, first + k * 4 * step - time.monotonic()))
+        keyboard.send(mido.Message("control_change", control=20, value=127))
+    tapped = daemon.wait_for("bpm tapped", 5)
+    assert float(re.search(r"tempo (\S+) bpm", tapped).group(1)) == pytest.approx(tapped_bpm, rel=0.02)
+    bar_line = first + 3 * 4 * step + 16 * step  # the bar after the one the last tap began
+    origin = play(keyboard.send, CALL, delay=bar_line + step - time.monotonic(), bpm=tapped_bpm)
+    assert origin == pytest.approx(bar_line + step)
+    daemon.wait_for("jam: answer:", 10)
+    time.sleep(0.1)
+    received = keyboard.take()
+    ons = [t for t, m in note_messages(received) if m.type == "note_on" and m.velocity > 0]
+    positions = [(t - bar_line) / step for t in ons]
+    # The call (a 16th after the bar line, to step 15) is answered in the next bar of the taps' grid.
+    assert ons and all(16 <= round(p) < 32 for p in positions), positions
+    assert max(abs(p - round(p)) for p in positions) < 0.25, positions
+    assert not unpaired(received)
+    assert daemon.stop() == 0
+
+
+def test_a_count_in_arrives_on_channel_10_and_is_all_released(daemon_factory):
+    beat = 60 / 150.0
+    daemon, keyboard = daemon_factory("--virtual", "--bpm", "150", "--count-in-cc", "21", name="antiphon-count-in")
+    asked = time.monotonic()
+    keyboard.send(mido.Message("control_change", control=21, value=127))
+    daemon.wait_for("count-in at 150.0 bpm", 5)
+    time.sleep(0.1 + 4 * beat + 0.2)
+    received = note_messages(keyboard.take())
+    assert received and all(m.channel == 9 for _, m in received)
+    ons = [(t, m) for t, m in received if m.type == "note_on" and m.velocity > 0]
+    assert [(m.note, m.velocity) for _, m in ons] == [(76, 110), (77, 70), (77, 70), (77, 70)]
+    intervals = [b - a for (a, _), (b, _) in zip(ons, ons[1:])]
+    assert intervals == pytest.approx([beat] * 3, abs=TRANSPORT_S)
+    assert 0 < ons[0][0] - asked < 0.1 + 2 * TRANSPORT_S
     assert not unpaired(received)
     assert daemon.stop() == 0
 

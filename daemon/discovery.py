@@ -53,6 +53,7 @@ def entities(weights: list[str], presets: list[str]) -> list[Entity]:
                                     "payload_off": "OFF", "value_template": "{{ 'ON' if value_json.paused else 'OFF' }}",
                                     "icon": "mdi:pause"}),
         Entity("button", "panic", {"name": "Panic", "command_topic": "cmd/panic", "icon": "mdi:alert-octagon"}),
+        Entity("button", "count_in", {"name": "Count-in", "command_topic": "cmd/count-in", "icon": "mdi:metronome-tick"}),
         Entity("button", "next_weights", {"name": "Next weights", "command_topic": "cmd/next-weights",
                                           "icon": "mdi:skip-next"}),
         Entity("sensor", "mode", {"name": "State", "value_template": "{{ value_json.mode }}", "icon": "mdi:piano"}),

@@ -229,3 +229,17 @@ def test_the_answer_key_is_auto_off_or_a_key():
         with_setting(settings, "jam", "key", "H#m")
     with pytest.raises(ConfigError, match="density = 'lots' is not a number"):
         settings_from({"jam": {"density": "lots"}}, "test")
+
+
+def test_help_shows_each_settings_default():
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("run", "generate", "demo"):
+        flags = [a for a in subparsers.choices[command]._actions if a.dest.startswith("set:")]
+        assert flags, command
+        for action in flags:
+            _, section, name = action.dest.split(":")
+            default = {f.name: f.default for f in fields(SECTIONS[section])}[name]
+            if default != "":  # an empty default (no port named, no password) has nothing to show
+                assert "default " in action.help, (command, action.option_strings)
+    bpm = next(a for a in subparsers.choices["run"]._actions if a.dest == "set:tempo:bpm")
+    assert "default 100.0" in bpm.help

@@ -6,7 +6,9 @@ committed, so handing over costs only the few tokens still pending.
 
 The session coordinates the parts, each with one job: the `Timeline` (grid, bar lines, time
 <-> step), the `EchoFilter` (our own notes coming back), the `Listener` (the player's notes to
-tokens), the `Answerer` (the engine's worker thread) and the `NoteOutput` (the answer on time).
+tokens), the `CallFeed` (the call's notes into the conversation as they settle), the
+`TempoKeeper` (the grid each call is read on: follow mode, taps, the count-in), the `Answerer`
+(the engine's worker thread) and the `AnswerPlayback` (the answer on time, and its report).
 Its `Phase` says where the exchange is: IDLE (the next onset anchors a bar), CALLING (the
 player's phrase; a hand-over may be planned), HANDING_OVER or ANSWERING. When the player has
 been silent until the hand-over point (the next bar line, or a number of steps) or presses the

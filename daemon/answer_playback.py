@@ -83,6 +83,14 @@ class AnswerPlayback:
         self.output.release_all()
         self.conversation.resync()
 
+    def start(self, job: AnswerJob, tempo: dict) -> None:
+        """The answer is heard from now on: its notes go out, and `answer_started` (with the
+        tempo it was read at, `TempoKeeper.answer_tempo`) is reported."""
+        self.job = job
+        self.emit({"type": "answer_started", "bars": job.plan.bars, "start_step": job.plan.start,
+                   "end_step": job.plan.end, **tempo})
+        self.emit({"type": "state"})
+
     def report(self, job: AnswerJob) -> None:
         self.emit(answer_report(job, self.output.stats.late_played, self.output.stats.late_dropped))
         self.emit({"type": "state"})

@@ -6,7 +6,9 @@ committed, so handing over costs only the few tokens still pending.
 
 The session coordinates the parts, each with one job: the `Timeline` (grid, bar lines, time
 <-> step), the `EchoFilter` (our own notes coming back), the `Listener` (the player's notes to
-tokens), the `Answerer` (the engine's worker thread) and the `NoteOutput` (the answer on time).
+tokens), the `CallFeed` (the call's notes into the conversation as they settle), the
+`TempoKeeper` (the grid each call is read on: follow mode, taps, the count-in), the `Answerer`
+(the engine's worker thread) and the `AnswerPlayback` (the answer on time, and its report).
 Its `Phase` says where the exchange is: IDLE (the next onset anchors a bar), CALLING (the
 player's phrase; a hand-over may be planned), HANDING_OVER or ANSWERING. When the player has
 been silent until the hand-over point (the next bar line, or a number of steps) or presses the
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,6 +36,7 @@ import mido
 
 from daemon.answer_playback import AnswerPlayback
 from daemon.answerer import Answerer, AnswerJob
+from daemon.call_feed import CallFeed
 from daemon.clock import now
 from daemon.config import Settings
 from daemon.conversation import Conversation
@@ -42,14 +44,10 @@ from daemon.echo import EchoFilter
 from daemon.handover import hand_over
 from daemon.listener import Listener
 from daemon.sampling import make_generator
+from daemon.tempo_keeper import TempoKeeper
 from daemon.timeline import Timeline
 
-log = logging.getLogger("antiphon.jam")
-
 SUSTAIN_CC = 64
-COUNT_IN_LEAD_S = 0.1  # a count-in's first click, after it is asked for
-CLICK_S = 0.05  # a click's length (shorter at fast tempi: half a beat)
-CLICK_ACCENT_VELOCITY, CLICK_VELOCITY = 110, 70
 CLOCK_MESSAGES = {"clock", "start", "stop", "continue", "songpos"}
 
 
@@ -76,6 +74,8 @@ class JamSession:
         self.echoes = EchoFilter(jam.echo_window_ms / 1000)
         self.playback = AnswerPlayback(loop, send, settings, self.timeline, self.conversation, self.echoes, emit)
         self.output = self.playback.output
+        self.tempo = TempoKeeper(settings, self.timeline, self.listener, self.output, emit)
+        self.feed = CallFeed(loop, self.listener, self.conversation, self.timeline, self.tempo, self._keys_held)
         self.phase = Phase.IDLE
         self.paused = False  # no hand-overs (the player's notes are still listened to)
         self.job: AnswerJob | None = None  # only while HANDING_OVER or ANSWERING
@@ -84,8 +84,6 @@ class JamSession:
         self.barge_ins = 0
         self.withdrawn = 0
         self._next: asyncio.TimerHandle | None = None
-        self._ticker: asyncio.TimerHandle | None = None
-        self._tempo_reason = ""  # why the last call's tempo could not be read (follow mode)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -97,8 +95,7 @@ class JamSession:
     def update_settings(self, settings: Settings) -> None:
         old, self.settings = self.settings, settings
         jam = settings.jam
-        if settings.tempo.bpm != old.tempo.bpm and not self.timeline.clock_present(now()):
-            self.timeline.set_tempo(settings.tempo.bpm, now())
+        self.tempo.update_settings(settings)
         if jam.seed != old.jam.seed and jam.seed >= 0:
             self.rng = make_generator(jam.seed)
         self.playback.update_settings(settings)
@@ -112,8 +109,7 @@ class JamSession:
     def receive(self, message: mido.Message, arrived: float) -> None:
         """Every incoming message, on the loop, with its arrival time (on now()'s clock)."""
         if message.type in CLOCK_MESSAGES:
-            if self.settings.tempo.follow_clock:
-                self.timeline.follow_clock(message.type, arrived, getattr(message, "pos", 0))
+            self.tempo.follow_clock(message.type, arrived, getattr(message, "pos", 0))
             return
         channel = self.settings.midi.input_channel
         if channel and getattr(message, "channel", channel - 1) != channel - 1:
@@ -130,10 +126,8 @@ class JamSession:
                 self.listener.pedal(message.value >= 64, self.timeline.position(t), t)
             elif message.control == self.settings.jam.handover_cc and message.value >= 64:
                 self._hand_over_now()
-            elif message.control == self.settings.tempo.tap_cc and message.value >= 64 and self.phase == Phase.IDLE:
-                self._tap(t)
-            elif message.control == self.settings.tempo.count_in_cc and message.value >= 64:
-                self.count_in()
+            elif message.value >= 64 and self.phase == Phase.IDLE:  # tap tempo and count-in: between exchanges
+                self.tempo.control(message.control, t)
 
     def _note_on(self, pitch: int, velocity: int, t: float) -> None:
         if self.phase is Phase.HANDING_OVER:
@@ -146,94 +140,35 @@ class JamSession:
         if self.phase == Phase.IDLE:
             self._anchor(t)
         self.listener.note_on(pitch, velocity, self.timeline.position(t), t)
-        self._commit(t)
-        if self._ticker is None:
-            self._ticker = self.loop.call_later(self.listener.commit_interval_s, self._tick)
+        self.feed.commit(t)
+        self.feed.keep_ticking()
 
     def _note_off(self, pitch: int, t: float) -> None:
         position = self.timeline.position(t)
         self.listener.note_off(pitch, position, t)
-        self._commit(t)
+        self.feed.commit(t)
         if self.listener.holding(position) == 0 and self.phase == Phase.CALLING:
-            if self.reading and self.timeline.preview_call(self.listener.onset_times()):
+            if self.tempo.preview():
                 position = self.timeline.position(t)
             self._plan_handover(position)
 
     def _anchor(self, t: float) -> None:
         """The first onset after silence: beat one of the bar after everything so far."""
-        following = self.settings.tempo.follow_clock and self.timeline.clock_present(t)
         if self.settings.steps_per_bar != self.timeline.steps_per_bar:
             self.conversation.change_meter(self.settings.steps_per_bar)
-        timeline = self.timeline
-        if following:
-            timeline.source = "clock"
-        elif not timeline.preset and self.settings.tempo.tempo_mode == "follow":
-            self.listener.record()  # read at the hand-over; meanwhile the tempo so far times it
-        elif not timeline.preset:
-            timeline.source = "fixed"
-        keep_grid = following or timeline.preset
-        timeline.preset = False
-        timeline.anchor(t, None if keep_grid else timeline.tracker.bpm if self.reading else self.settings.tempo.bpm)
-        self.listener.begin_call(timeline.end)
+        self.tempo.anchor(t)
+        self.listener.begin_call(self.timeline.end)
         self.phase = Phase.CALLING
 
-    @property
-    def reading(self) -> bool:
-        """Follow mode's call in progress: its notes wait for the hand-over, to be read on its own grid."""
-        return self.listener.recording is not None
-
-    def _read_call(self, start: int) -> int:
-        """Follow mode at the hand-over: read the call's tempo, tokenize it on that grid, and say
-        where the answer starts on it (as planned on the call so far, unless that is past)."""
-        estimate = self.timeline.read_call(self.listener.onset_times())
-        self._tempo_reason = estimate.reason
-        if estimate.readable:
-            log.info("tempo %.1f bpm read from the call (%d onsets)", estimate.bpm, estimate.onsets)
-        else:
-            log.info("tempo: the call is %s; keeping %.1f bpm", estimate.reason, self.timeline.grid.bpm)
-        self.listener.replay(self.timeline.position)
-        jam = self.settings.jam
-        start = self.timeline.handover_step(self.listener.last_release, jam.wait, jam.lead_ms / 1000)
-        passed = self.timeline.position(now())
-        if start < passed:  # the call's own grid put the hand-over in the past: the next one then
-            start = self.timeline.bar_after(math.floor(passed)) if jam.wait == "bar" else math.ceil(passed)
-        return start
-
     def count_in(self) -> None:
-        """One bar of clicks at the tempo in use, accented on beat one; the next call's beat one is
-        the bar line after it. Only between exchanges (IDLE)."""
-        if self.phase != Phase.IDLE:
-            return
-        tempo = self.settings.tempo
-        grid = self.timeline.count_in(now() + COUNT_IN_LEAD_S)
-        channel, beat = tempo.click_channel - 1, 4 * grid.step
-        for index in range(math.ceil(self.timeline.steps_per_bar / 4)):
-            on = grid.time_at(4 * index)
-            accent = index == 0
-            self.output.play(channel, tempo.click_accent_note if accent else tempo.click_note,
-                             CLICK_ACCENT_VELOCITY if accent else CLICK_VELOCITY, on, on + min(CLICK_S, beat / 2))
-        log.info("count-in at %.1f bpm", grid.bpm)
+        """One bar of clicks at the tempo in use (`TempoKeeper.count_in`). Only between exchanges (IDLE)."""
+        if self.phase == Phase.IDLE:
+            self.tempo.count_in()
 
-    def _tap(self, t: float) -> None:
-        bpm = self.timeline.tap(t)
-        if bpm is not None:
-            log.info("tempo %.1f bpm tapped", bpm)
-            self.emit({"type": "tempo_tapped", "bpm": round(bpm, 2)})
-            self.emit({"type": "state"})
-
-    def _tick(self) -> None:
-        self._ticker = None
-        if not self.listener.busy:
-            return
-        t = now()
-        self._commit(t)
-        self._ticker = self.loop.call_later(self.listener.commit_interval_s, self._tick)
+    def _keys_held(self, t: float) -> None:
+        """Keys are still down at t (the feed's ticker): once none holds back a hand-over, plan one."""
         if self.phase == Phase.CALLING and self._next is None and self.listener.stuck(self.timeline.position(t)):
             self._plan_handover(max(self.listener.last_release, self.timeline.position(t)))
-
-    def _commit(self, t: float) -> None:
-        if not self.reading:
-            self.conversation.add_player_notes(self.listener.commit(self.timeline.position(t)))
 
     # -- hand-over ------------------------------------------------------------------
     def _plan_handover(self, released: float) -> None:
@@ -259,8 +194,8 @@ class JamSession:
         position = self.timeline.position(now())
         if self.phase != Phase.CALLING or self.listener.holding(position) or self.paused:
             return
-        if self.reading:
-            start = self._read_call(start)
+        if self.tempo.reading:
+            start = self.tempo.read_call(start)
             position = self.timeline.position(now())
         self.conversation.add_player_notes(self.listener.finish_call(position, start))
         handover = hand_over(start, asked, self.settings.jam, self.timeline, self.listener, self.output.send_ahead,
@@ -278,14 +213,8 @@ class JamSession:
         self._next = None
         job = self.job
         self.phase = Phase.ANSWERING
-        self.playback.job = job
         self.answers += 1
-        started = {"type": "answer_started", "bars": job.plan.bars, "start_step": job.plan.start,
-                   "end_step": job.plan.end, "bpm": round(self.timeline.grid.bpm, 2), "tempo_source": self.timeline.source}
-        if self._tempo_reason:
-            started["tempo_unreadable"], self._tempo_reason = self._tempo_reason, ""
-        self.emit(started)
-        self.emit({"type": "state"})
+        self.playback.start(job, self.tempo.answer_tempo())
         if job.done:
             self._take_answer(job)
 
@@ -353,8 +282,7 @@ class JamSession:
     def close(self) -> None:
         """Stop everything (the daemon is exiting): nothing is left sounding."""
         self._interrupt()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        self.feed.close()
         self.answerer.close()
         self.output.panic()
 
@@ -371,7 +299,7 @@ class JamSession:
         """The call in progress ends now (keys still down included) and joins the context; the
         next onset begins a new call, anchored afresh."""
         position = self.timeline.position(now())
-        self.listener.recording = None  # follow mode: an interrupted call stays on the grid it was played on
+        self.tempo.abandon_call()
         self.conversation.add_player_notes(self.listener.finish_call(position, math.ceil(position)))
         self.phase = Phase.IDLE
 

@@ -1,0 +1,134 @@
+"""The session's tempo side: which grid a call is anchored on, reading the call's tempo at the
+hand-over (follow mode), tap tempo and the count-in's clicks.
+
+In follow mode a call's notes are recorded with their times (`Listener.record`) and wait for the
+hand-over: the call's tempo and beat one are read from its onsets, and the call is tokenized again
+on that grid (`Listener.replay`). While the player pauses, the call so far is previewed so the
+hand-over is planned on the player's grid. The `Timeline` holds the grid and its `source`; this
+class decides when it changes and says so (log, events).
+
+Threads: the event loop only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+from daemon.clock import now
+from daemon.config import Settings
+from daemon.listener import Listener
+from daemon.output import NoteOutput
+from daemon.timeline import Timeline
+
+log = logging.getLogger("antiphon.jam")
+
+COUNT_IN_LEAD_S = 0.1  # a count-in's first click, after it is asked for
+CLICK_S = 0.05  # a click's length (shorter at fast tempi: half a beat)
+CLICK_ACCENT_VELOCITY, CLICK_VELOCITY = 110, 70
+
+
+class TempoKeeper:
+    """The tempo each call is read and answered at, and the clicks that let the player hear it."""
+
+    def __init__(self, settings: Settings, timeline: Timeline, listener: Listener, output: NoteOutput,
+                 emit: Callable[[dict], None]) -> None:
+        self.settings = settings
+        self.timeline = timeline
+        self.listener = listener
+        self.output = output
+        self.emit = emit
+        self._unreadable = ""  # why the last call's tempo could not be read (follow mode)
+
+    def update_settings(self, settings: Settings) -> None:
+        old, self.settings = self.settings, settings
+        if settings.tempo.bpm != old.tempo.bpm and not self.timeline.clock_present(now()):
+            self.timeline.set_tempo(settings.tempo.bpm, now())
+
+    @property
+    def reading(self) -> bool:
+        """Follow mode's call in progress: its notes wait for the hand-over, to be read on its own grid."""
+        return self.listener.recording is not None
+
+    def anchor(self, t: float) -> None:
+        """The first onset after silence: the timeline anchored on the grid this call is played
+        on (a running clock's, the one taps or a count-in set, the tempo read so far, or the fixed
+        tempo); in follow mode the call starts recording."""
+        tempo, timeline = self.settings.tempo, self.timeline
+        following = tempo.follow_clock and timeline.clock_present(t)
+        if following:
+            timeline.source = "clock"
+        elif not timeline.preset and tempo.tempo_mode == "follow":
+            self.listener.record()  # read at the hand-over; meanwhile the tempo so far times it
+        elif not timeline.preset:
+            timeline.source = "fixed"
+        keep_grid = following or timeline.preset
+        timeline.preset = False
+        timeline.anchor(t, None if keep_grid else timeline.tracker.bpm if self.reading else tempo.bpm)
+
+    def follow_clock(self, kind: str, t: float, song_position: int) -> None:
+        """A MIDI real-time message: a running clock sets the grid (when `follow_clock` is on)."""
+        if self.settings.tempo.follow_clock:
+            self.timeline.follow_clock(kind, t, song_position)
+
+    def control(self, control: int, t: float) -> None:
+        """A controller pressed between exchanges: the tap-tempo or the count-in one, if either."""
+        if control == self.settings.tempo.tap_cc:
+            self.tap(t)
+        elif control == self.settings.tempo.count_in_cc:
+            self.count_in()
+
+    def preview(self) -> bool:
+        """The player pauses: in follow mode, the grid read from the call so far (True if it moved)."""
+        return self.reading and self.timeline.preview_call(self.listener.onset_times())
+
+    def read_call(self, start: int) -> int:
+        """Follow mode at the hand-over: read the call's tempo, tokenize it on that grid, and say
+        where the answer starts on it (as planned on the call so far, unless that is past)."""
+        estimate = self.timeline.read_call(self.listener.onset_times())
+        self._unreadable = estimate.reason
+        if estimate.readable:
+            log.info("tempo %.1f bpm read from the call (%d onsets)", estimate.bpm, estimate.onsets)
+        else:
+            log.info("tempo: the call is %s; keeping %.1f bpm", estimate.reason, self.timeline.grid.bpm)
+        self.listener.replay(self.timeline.position)
+        jam = self.settings.jam
+        start = self.timeline.handover_step(self.listener.last_release, jam.wait, jam.lead_ms / 1000)
+        passed = self.timeline.position(now())
+        if start < passed:  # the call's own grid put the hand-over in the past: the next one then
+            start = self.timeline.bar_after(math.floor(passed)) if jam.wait == "bar" else math.ceil(passed)
+        return start
+
+    def abandon_call(self) -> None:
+        """The call was interrupted: it stays on the grid it was played on, unread."""
+        self.listener.recording = None
+
+    def answer_tempo(self) -> dict:
+        """The answer's tempo for its `answer_started` event: `bpm`, `tempo_source`, and
+        `tempo_unreadable` (once) when the call could not be read."""
+        tempo = {"bpm": round(self.timeline.grid.bpm, 2), "tempo_source": self.timeline.source}
+        if self._unreadable:
+            tempo["tempo_unreadable"], self._unreadable = self._unreadable, ""
+        return tempo
+
+    def count_in(self) -> None:
+        """One bar of clicks at the tempo in use, accented on beat one; the next call's beat one is
+        the bar line after it."""
+        tempo = self.settings.tempo
+        grid = self.timeline.count_in(now() + COUNT_IN_LEAD_S)
+        channel, beat = tempo.click_channel - 1, 4 * grid.step
+        for index in range(math.ceil(self.timeline.steps_per_bar / 4)):
+            on = grid.time_at(4 * index)
+            accent = index == 0
+            self.output.play(channel, tempo.click_accent_note if accent else tempo.click_note,
+                             CLICK_ACCENT_VELOCITY if accent else CLICK_VELOCITY, on, on + min(CLICK_S, beat / 2))
+        log.info("count-in at %.1f bpm", grid.bpm)
+
+    def tap(self, t: float) -> None:
+        """A tap of the tap-tempo controller; enough of them set the tempo."""
+        bpm = self.timeline.tap(t)
+        if bpm is not None:
+            log.info("tempo %.1f bpm tapped", bpm)
+            self.emit({"type": "tempo_tapped", "bpm": round(bpm, 2)})
+            self.emit({"type": "state"})

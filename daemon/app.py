@@ -5,7 +5,7 @@ retrying), log one line when ready and tell systemd. SIGTERM/SIGINT release ever
 and exit 0; SIGHUP re-reads the config and applies what changed without dropping the MIDI
 connections that did not change; a bad new config is rejected with its message and the old one
 kept. The MQTT bridge and other observers use state(), apply_setting(), command() and
-add_listener().
+add_listener(); the requests are handled by daemon/control_surface.py.
 """
 
 from __future__ import annotations
@@ -26,24 +26,22 @@ import torch
 from daemon import sdnotify, startup_signals
 from daemon.clock import check_loop_clock, now
 from daemon.config import (
-    CONTROL_ACTIONS,
-    LIVE_SETTINGS,
     SECTIONS,
     ConfigError,
     Settings,
     load_settings,
     mqtt_password,
-    with_setting,
 )
+from daemon.control_surface import ControlSurface, check_weights, load_engine, weights_cycle
 from daemon.controls import Controls
-from daemon.discovery import DEFAULT_PREFIX, DISCOVERY_CHANGED
+from daemon.discovery import DISCOVERY_CHANGED
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
-from daemon.paths import KINDS, default_takes_folder, state_folder, weights_folder
+from daemon.mqtt_link import MqttLink
+from daemon.paths import default_takes_folder, state_folder, weights_folder
 from daemon.port_contract import Ports, PortsFactory
 from daemon.takes import TakeRecorder
-from daemon.weights import WeightsError, check_weights_folder
 
 log = logging.getLogger("antiphon")
 
@@ -79,25 +77,6 @@ def open_takes(settings: Settings) -> TakeRecorder | None:
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why (no traceback)."""
-
-
-def check_weights(weights: str) -> tuple[Path, str]:
-    """(folder, model kind) of a usable weights folder; raises ValueError naming what is wrong."""
-    folder = weights_folder(weights)
-    try:
-        config, _ = check_weights_folder(folder)
-    except WeightsError as error:
-        raise ValueError(str(error)) from None
-    return folder, config.kind
-
-
-def load_engine(weights: str, device: str, precision: str, kernel: str) -> Engine:
-    """The engine for these settings; raises ValueError naming what is wrong."""
-    folder, _ = check_weights(weights)
-    try:
-        return Engine.load(folder, None if device == "auto" else device, precision=precision, kernel=kernel)
-    except WeightsError as error:
-        raise ValueError(str(error)) from None
 
 
 def changed_settings(old: Settings, new: Settings) -> list[str]:
@@ -142,16 +121,13 @@ class JamApp:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._mqtt: asyncio.Task | None = None
-        self._swap: asyncio.Task | None = None
+        self.mqtt = MqttLink(self, lambda: self.settings.mqtt)
         self._status = ""
         self.controls: Controls | None = None
         self.takes: TakeRecorder | None = None
         self.last_latency_ms: float | None = None  # the last answer's response latency
-        self.preset = preset  # the preset selected last ("" none)
-        # next-weights steps through the configured weights and the shipped ones.
         self._reload_when_ready = False  # a SIGHUP came while starting
-        self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
+        self.surface = ControlSurface(self, preset)
 
     @property
     def ports(self) -> Ports | None:
@@ -175,7 +151,7 @@ class JamApp:
             "answer_bars": s.jam.answer_bars,
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
-            "preset": self.preset,
+            "preset": self.surface.preset,
             "last_latency_ms": self.last_latency_ms,
             "controls": self.controls.map() if self.controls else {},
             "input": {"malformed": self.ports.malformed if self.ports else 0,
@@ -192,78 +168,21 @@ class JamApp:
             return "answering"
         return "listening"
 
+    # The requests themselves are the surface's (daemon/control_surface.py).
     def apply_setting(self, name: str, value: Any) -> asyncio.Task | None:
-        """Change one live setting (config.LIVE_SETTINGS); ValueError (changing nothing) on a bad name or value.
-
-        A weights change is checked at once and loaded in a worker thread; the returned task
-        finishes when the new model answers (or raises ValueError if it cannot be loaded)."""
-        if name == "weights":
-            if not isinstance(value, str) or not value:
-                raise ValueError("weights must be 'transformer', 'lstm' or a weights folder")
-            check_weights(value)
-            return self._start_swap(value)
-        if name not in LIVE_SETTINGS:
-            raise ValueError(f"unknown setting {name!r}; known: {', '.join(LIVE_SETTINGS)}")
-        self._use(with_setting(self.settings, LIVE_SETTINGS[name].section, name, value))
-        return None
+        return self.surface.apply_setting(name, value)
 
     def command(self, action: str) -> None:
-        if self.session is None:
-            raise ValueError("the daemon is still starting")
-        if action == "pause":
-            self.session.pause()
-        elif action == "resume":
-            self.session.resume()
-        elif action == "panic":
-            self.session.panic()
-        elif action == "count-in":
-            self.session.count_in()
-        elif action == "next-weights":
-            cycle = self.weights_cycle
-            current = self.settings.model.weights
-            self.apply_setting("weights", cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else cycle[0])
-        else:
-            raise ValueError(f"unknown action {action!r}; known: {', '.join(CONTROL_ACTIONS)}")
-        self._emit({"type": "state"})
+        self.surface.command(action)
 
     def learn(self, name: str) -> None:
-        """MIDI learn: the next controller that moves is bound to this setting or action."""
-        if self.controls is None:
-            raise ValueError("the daemon is still starting")
-        self.controls.learn(name)
+        self.surface.learn(name)
 
     def select_preset(self, name: str) -> asyncio.Task | None:
-        """Apply a [presets.NAME] table; ValueError (changing nothing) on an unknown name or weights that
-        cannot be loaded. Returns the weights swap's task when the preset changes the weights."""
-        preset = next((p for p in self.settings.presets if p.name == name), None)
-        if preset is None:
-            known = ", ".join(p.name for p in self.settings.presets) or "none in the config"
-            raise ValueError(f"no preset {name!r}; known: {known}")
-        values = dict(preset.values)
-        if "weights" in values:
-            check_weights(values["weights"])
-        settings = self.settings
-        for key, value in values.items():
-            if key != "weights":
-                settings = with_setting(settings, LIVE_SETTINGS[key].section, key, value)
-        self.preset = name
-        log.info("preset %s", name)
-        self._use(settings)
-        if "weights" in values and values["weights"] != self.settings.model.weights:
-            return self._start_swap(values["weights"])
-        return None
+        return self.surface.select_preset(name)
 
     def discovery_options(self) -> tuple[list[str], list[str]]:
-        """The weights a selector offers (the current ones first) and the presets' names."""
-        weights = list(dict.fromkeys([self.settings.model.weights, *self.weights_cycle]))
-        return weights, [p.name for p in self.settings.presets]
-
-    def select_preset_number(self, number: int) -> asyncio.Task | None:
-        """Program change `number` (0 = the first preset in the file; keyboards often show it as 1)."""
-        presets = self.settings.presets
-        if not 0 <= number < len(presets):
-            raise ValueError(f"program change {number}: there are {len(presets)} presets (0..{len(presets) - 1})")
-        return self.select_preset(presets[number].name)
+        return self.surface.discovery_options()
 
     def add_listener(self, callback: Callable[[dict], None]) -> None:
         self.listeners.append(callback)
@@ -293,13 +212,13 @@ class JamApp:
             self._remove_signal_handlers()
             return 0
         self.takes = open_takes(self.settings)
-        self.session = JamSession(loop, self.settings, engine, self._send, self._emit)
-        self.controls = Controls(self, self._emit, self.settings.controls, kept_state_folder())
+        self.session = JamSession(loop, self.settings, engine, self._send, self.emit)
+        self.controls = Controls(self.surface, self.emit, self.settings.controls, kept_state_folder())
         self.midi.start(loop, self.settings.midi, self._receive)
         if self.midi.available:
             self.session.silence_output()
         self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
-        self._start_mqtt()
+        self.mqtt.start()
         await asyncio.wrap_future(self.session.answerer.idle())  # engine primed
         # Everything alive now (torch, the model, the ports) lives as long as the daemon: out of
         # the collector's sight, a full collection no longer stalls the loop for tens of ms.
@@ -324,10 +243,10 @@ class JamApp:
             self.session.close()
         if self.takes is not None:
             self.takes.close(self._tempo(), self.settings.tempo.meter)
-        for task in [*self._tasks, *(t for t in (self._swap,) if t)]:
+        self.surface.cancel_swap()
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, self.midi.stop_watching(), *(self._stop_mqtt(self._mqtt),) if self._mqtt else (),
-                             return_exceptions=True)
+        await asyncio.gather(*self._tasks, self.midi.stop_watching(), self.mqtt.stop(), return_exceptions=True)
         self.midi.close()
         self._remove_signal_handlers()
         log.info("stopped; nothing left sounding")
@@ -352,23 +271,21 @@ class JamApp:
             return
         old = self.settings
         changes = changed_settings(old, settings)
-        self._use(settings)
+        self.use_settings(settings)
         self.controls.configure(settings.controls)
         if settings.takes != old.takes:
             if self.takes is not None:
                 self.takes.close(self._tempo(), old.tempo.meter)
             self.takes = open_takes(settings)
         if any(getattr(settings.model, k) != getattr(old.model, k) for k in ENGINE_KEYS):
-            self._start_swap(settings.model.weights)
+            self.surface.start_swap(settings.model.weights)
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
             self._reopen_ports(settings)
         if settings.presets != old.presets or settings.model.weights != old.model.weights:
-            self.weights_cycle = list(dict.fromkeys([settings.model.weights, *KINDS]))
-            self._emit({"type": DISCOVERY_CHANGED})  # Home Assistant's selects offer the new options
+            self.surface.weights_cycle = weights_cycle(settings.model.weights)
+            self.emit({"type": DISCOVERY_CHANGED})  # Home Assistant's selects offer the new options
         if settings.mqtt != old.mqtt:
-            # Until the new bridge runs, the restart is the task to cancel on shutdown.
-            retired = old.mqtt.discovery_prefix if old.mqtt.discovery_prefix != settings.mqtt.discovery_prefix else None
-            self._mqtt = self.loop.create_task(self._restart_mqtt(self._mqtt, retired), name="mqtt-restart")
+            self.mqtt.restart(old.mqtt, settings.mqtt)
         logging.getLogger().setLevel(settings.log.level.upper())
         log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
@@ -393,63 +310,19 @@ class JamApp:
             return round(self.session.timeline.grid.bpm, 2)
         return self.settings.tempo.bpm
 
-    def _use(self, settings: Settings) -> None:
+    def use_settings(self, settings: Settings) -> None:
         # The weights in use change only once a swap has loaded them.
         self.settings = replace(settings, model=replace(settings.model, weights=self.settings.model.weights))
         if self.session is not None:
             self.session.update_settings(self.settings)
-        self._emit({"type": "state"})
-
-    def _start_swap(self, weights: str) -> asyncio.Task:
-        async def swap() -> None:
-            model = self.settings.model
-            engine = await asyncio.to_thread(load_engine, weights, model.device, model.precision, model.kernel)
-            await asyncio.wrap_future(self.session.swap_engine(engine))
-            self.settings = replace(self.settings, model=replace(self.settings.model, weights=weights))
-            log.info("weights now %s (%s)", weights_folder(weights), engine.kind)
-            self._emit({"type": "state"})
-
-        if self._swap is not None and not self._swap.done():
-            self._swap.cancel()
-        self._swap = asyncio.get_running_loop().create_task(swap(), name="weights")
-        self._swap.add_done_callback(self._swap_done)
-        return self._swap
-
-    @staticmethod
-    def _swap_done(task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("weights not changed: %s", task.exception())
+        self.emit({"type": "state"})
 
     def _reopen_ports(self, settings: Settings) -> None:
         self.session.panic()
         self.midi.restart(self.loop, settings.midi)
         if self.midi.available:
             self.session.silence_output()
-        self._emit({"type": "state"})
-
-    async def _restart_mqtt(self, previous: asyncio.Task | None, retired_discovery: str | None) -> None:
-        # The old connection says "offline" before the new one says "online" (same broker and
-        # prefix: the other order would leave "offline" retained).
-        if previous is not None:
-            await self._stop_mqtt(previous)
-        self._start_mqtt(retired_discovery)
-
-    @staticmethod
-    async def _stop_mqtt(task: asyncio.Task) -> None:
-        from daemon.mqtt import stop_bridge
-
-        await stop_bridge(task)
-
-    def _start_mqtt(self, retired_discovery: str | None = None) -> None:
-        if not self.settings.mqtt.host:
-            return
-        from daemon.mqtt import MqttBridge
-
-        # Discovery's documents go when it is turned off: those under the prefix used before a
-        # reload, else (after a restart nothing else is known) under the default prefix.
-        retired = DEFAULT_PREFIX if retired_discovery is None else retired_discovery
-        bridge = MqttBridge(self, self.settings.mqtt, retired)
-        self._mqtt = self.loop.create_task(bridge.run(), name="mqtt")
+        self.emit({"type": "state"})
 
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
@@ -457,10 +330,10 @@ class JamApp:
         if event["type"] == "midi_available" or (event["type"] in ("port_regained", "connection_restored")
                                                  and event["port"] == "output"):
             self.session.silence_output()
-        self._emit(event)
-        self._emit({"type": "state"})
+        self.emit(event)
+        self.emit({"type": "state"})
 
-    def _emit(self, event: dict) -> None:
+    def emit(self, event: dict) -> None:
         if event["type"] == "answer_finished":
             self.last_latency_ms = event.get("latency_ms")
             take = self.takes.flush(self._tempo(), self.settings.tempo.meter) if self.takes is not None else None

@@ -42,7 +42,8 @@ def add_run(subparsers) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from daemon.app import JamApp, StartupError, check_weights
+    from daemon.app import JamApp, StartupError
+    from daemon.control_surface import check_weights
 
     settings = _settings(args)
     mqtt_password(settings.mqtt)  # a missing or unreadable password file is a configuration error (exit 2)

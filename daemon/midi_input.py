@@ -23,7 +23,7 @@ INPUT_BUFFER = 4096
 RTMIDI_QUEUE = 4096  # RtMidi's own input queue, drained by InputPoller (its default is 100)
 POLL_S = 0.001  # how late an input message may be stamped
 SYSEX_END = 0xF7
-PROBES_IN_FLIGHT = 64  # ports.SysexGuard's probes remembered; their numbers run 0..127
+PROBES_IN_FLIGHT = 64  # jack_keeper.SysexGuard's probes remembered; their numbers run 0..127
 
 
 class InputPoller:

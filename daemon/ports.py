@@ -11,9 +11,8 @@ Incoming messages are read by one thread of our own and handed to the event loop
 bounded buffer (daemon/midi_input.py); malformed ones are counted there and reported once per
 watch tick. What any ports object offers the daemon is stated in daemon/port_contract.py.
 
-Under JACK, `watch()` also keeps named ports patched (a connection removed in a patchbay is
-made again, and the state says what is really connected) and guards the input against an
-unterminated sysex (`SysexGuard`).
+Under JACK, `watch()` also keeps named ports patched and guards the input against an
+unterminated sysex: daemon/jack_keeper.py.
 """
 
 from __future__ import annotations
@@ -29,8 +28,9 @@ import rtmidi
 
 from daemon import jack_patchbay
 from daemon.clock import now
+from daemon.jack_keeper import GUARD_PORT, JackKeeper, SysexGuard
 from daemon.jack_server import jack_running
-from daemon.midi_input import PROBES_IN_FLIGHT, RTMIDI_QUEUE, SYSEX_END, InputBuffer, InputPoller
+from daemon.midi_input import RTMIDI_QUEUE, InputBuffer, InputPoller
 from daemon.port_contract import EventSink, PortStatus, Receiver
 
 log = logging.getLogger("antiphon.ports")
@@ -45,7 +45,6 @@ JACK_DRAIN_S = 0.1
 JACK_PROBE_EVERY = 10  # port-list polls between checks that the JACK server is still there
 JACK_PROBE_TIMEOUT_S = 5.0
 CONNECTION_CHECK_EVERY = 2  # port-list polls between checks of the JACK connections
-GUARD_PORT = "sysex-guard"  # the SysexGuard's output port, on the watch client
 
 
 class MidiUnavailable(Exception):
@@ -99,51 +98,6 @@ async def jack_server_answers() -> bool:
     return answer.strip() == b"running"
 
 
-class SysexGuard:
-    """Keeps one unterminated sysex from deafening a JACK input.
-
-    RtMidi's JACK input appends every event after a sysex start without its end (`F0 01 02`)
-    to that sysex and delivers nothing until some event happens to end in F7, ignored sysex or
-    not: one stray event silences the player for good. An event `<n> F7` ends such a sysex,
-    and otherwise comes back as itself (InputPoller keeps the n and drops the event). So every
-    watch tick a numbered probe is sent into our own input port from a port of the watch client.
-    JACK keeps the order of one port's events: a probe that did not come back while a later one
-    did ended a stuck sysex (or, rarely, was lost with a cycle JACK dropped), which `tick()`
-    reports; no timing is assumed. (ALSA is not affected: its RtMidi backend drops an ignored
-    sysex before it can continue one.)"""
-
-    def __init__(self, probe: rtmidi.MidiOut, poller: InputPoller) -> None:
-        self.probe = probe
-        self.poller = poller
-        self.armed = False  # the probe port is connected to our input port
-        self._in_flight: list[int] = []  # numbers sent, oldest first, not seen back yet
-        self._number = 0
-
-    def arm(self) -> None:
-        """The probe port is connected (again): what was sent before may never have arrived."""
-        self.armed = True
-        self._in_flight.clear()
-
-    def disarm(self) -> None:
-        self.armed = False
-        self._in_flight.clear()
-
-    def tick(self) -> bool:
-        """Judge the probes seen back and send the next; True when an earlier one was swallowed."""
-        stuck = False
-        while self.poller.probes_back:
-            number = self.poller.probes_back.popleft()
-            if number in self._in_flight:
-                earlier = self._in_flight.index(number)
-                stuck = stuck or earlier > 0
-                del self._in_flight[:earlier + 1]
-        if self.armed:
-            self._number = (self._number + 1) % 128
-            self._in_flight = [*self._in_flight[-(PROBES_IN_FLIGHT - 1):], self._number]
-            self.probe.send_message([self._number, SYSEX_END])
-        return stuck
-
-
 class MidiPorts:
     """One input and one output: by name (substring) or virtual (`<client>:in`, `<client>:out`)."""
 
@@ -177,7 +131,7 @@ class MidiPorts:
         self._last_send = float("-inf")
         self._polls = 0
         self._abandoned: list = []
-        self._guard: SysexGuard | None = None
+        self._keeper: JackKeeper | None = None  # under JACK only
         self._malformed_reported = 0
 
     @property
@@ -218,7 +172,8 @@ class MidiPorts:
         self._poller = InputPoller(self._buffer.put, self._in)
         if self.api == "jack":
             self._lister[1].open_virtual_port(GUARD_PORT)
-            self._guard = SysexGuard(self._lister[1], self._poller)
+            self._keeper = JackKeeper(self.input, self.output, self.input_virtual, self.output_virtual,
+                                      SysexGuard(self._lister[1], self._poller), self.on_event)
         self.available, self.reason = True, ""
         self._refresh(announce=False)
 
@@ -233,7 +188,7 @@ class MidiPorts:
                     port.delete()
                 except Exception as error:  # already gone with its server
                     log.debug("closing a port: %s", error)
-        self._in = self._out = self._lister = self._guard = None
+        self._in = self._out = self._lister = self._keeper = None
         self.input.connected = self.output.connected = False
         self.available = False
 
@@ -243,7 +198,7 @@ class MidiPorts:
         the garbage collector never closes them either (a few objects per outage)."""
         self._stop_polling()
         self._abandoned.extend(p for p in (self._in, self._out, *(self._lister or ())) if p is not None)
-        self._in = self._out = self._lister = self._guard = None
+        self._in = self._out = self._lister = self._keeper = None
         self.input.connected = self.output.connected = False
         self.available = False
 
@@ -282,7 +237,8 @@ class MidiPorts:
                 if self.api == "jack":
                     if self._polls % CONNECTION_CHECK_EVERY == 0:
                         await self._keep_connections()
-                    self._guard_input()
+                    if self._keeper is not None:
+                        self._keeper.guard_input()
                 self._report_malformed()
             except Exception as error:  # the server went away under us
                 self.reason = f"{API_LABELS[self.api]} went away ({error})"
@@ -302,58 +258,12 @@ class MidiPorts:
         self._malformed_reported = malformed
         self.on_event({"type": "input_malformed", "count": malformed})
 
-    def _guard_input(self) -> None:
-        guard = self._guard
-        if guard is None:
-            return
-        if not self.input.connected:
-            guard.disarm()
-        elif guard.tick():
-            reason = "an unterminated sysex (F0 without F7) was swallowing every message after it"
-            log.warning("MIDI input %r reset: %s", self.input.full_name, reason)
-            self.on_event({"type": "input_reset", "port": "input", "name": self.input.full_name, "reason": reason})
-
     async def _keep_connections(self) -> None:
-        """Make again the connections a patchbay removed (named ports), and the guard's."""
-        guard = self._guard
+        keeper = self._keeper
         ports = await jack_patchbay.connections(self.client_name)
-        if ports is None or guard is None or guard is not self._guard:  # no tools or no server; or reopened
+        if ports is None or keeper is None or keeper is not self._keeper:  # no tools or no server; or reopened
             return
-        own = {name: linked for name, linked in ports.items() if self._is_own(name)}
-        our_input = self.input.full_name if self.input_virtual else _own_port(own, ":input")
-        our_output = _own_port(own, ":output")
-        if not self.input_virtual and self.input.connected and our_input:
-            await self._keep(self.input, "input", self.input.full_name, our_input, own)
-        if not self.output_virtual and self.output.connected and our_output:
-            await self._keep(self.output, "output", our_output, self.output.full_name, own)
-        probe = _own_port(own, f":{GUARD_PORT}")
-        if probe is None or our_input not in own or not self.input.connected:
-            guard.disarm()
-        elif probe in own[our_input]:
-            if not guard.armed:
-                guard.arm()
-        else:
-            guard.disarm()
-            if await jack_patchbay.connect(probe, our_input):
-                guard.arm()
-
-    async def _keep(self, status: PortStatus, side: str, source: str, destination: str,
-                    own: dict[str, list[str]]) -> None:
-        ours, theirs = (destination, source) if side == "input" else (source, destination)
-        if theirs in own.get(ours, ()):
-            if not status.patched:
-                status.patched = True
-                self.on_event({"type": "state"})
-            return
-        restored = await jack_patchbay.connect(source, destination)
-        if restored:
-            log.warning("MIDI %s connection %s -> %s was removed; restored", side, source, destination)
-            self.on_event({"type": "connection_restored", "port": side, "name": status.full_name})
-        elif status.patched:
-            log.warning("MIDI %s connection %s -> %s was removed and cannot be made again; retrying",
-                        side, source, destination)
-            self.on_event({"type": "connection_lost", "port": side, "name": status.full_name})
-        status.patched = restored
+        await keeper.keep_connections({name: linked for name, linked in ports.items() if self._is_own(name)})
 
     def _is_own(self, name: str) -> bool:
         client = name.split(":", 1)[0]
@@ -416,6 +326,3 @@ class MidiPorts:
         if announce:
             self.on_event({"type": "port_regained", "port": side, "name": match})
 
-
-def _own_port(own: dict[str, list[str]], suffix: str) -> str | None:
-    return next((name for name in own if name.endswith(suffix)), None)

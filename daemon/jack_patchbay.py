@@ -15,7 +15,7 @@ import shutil
 TOOL_TIMEOUT_S = 5.0
 
 
-async def _tool(*command: str) -> tuple[int, str] | None:
+async def run_tool(*command: str) -> tuple[int, str] | None:
     """(exit status, stdout) of a JACK tool; None when it is missing or hangs."""
     tool = shutil.which(command[0])
     if tool is None:
@@ -52,7 +52,7 @@ def parse_connections(listing: str) -> dict[str, list[str]]:
 async def connections(name_filter: str) -> dict[str, list[str]] | None:
     """The ports whose name contains `name_filter` and their connections; None when unknown
     (no jack_lsp, or the server does not answer)."""
-    result = await _tool("jack_lsp", "-c", name_filter)
+    result = await run_tool("jack_lsp", "-c", name_filter)
     if result is None or result[0] != 0:
         return None
     return parse_connections(result[1])
@@ -60,5 +60,5 @@ async def connections(name_filter: str) -> dict[str, list[str]] | None:
 
 async def connect(source: str, destination: str) -> bool:
     """Connect two ports; False when JACK refused or the tool is missing."""
-    result = await _tool("jack_connect", source, destination)
+    result = await run_tool("jack_connect", source, destination)
     return result is not None and result[0] == 0

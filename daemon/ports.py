@@ -43,7 +43,6 @@ BACKOFF_MAX_S = 30.0
 # JACK sends what a client wrote at its next process cycle: a port closed sooner loses it.
 JACK_DRAIN_S = 0.1
 JACK_PROBE_EVERY = 10  # port-list polls between checks that the JACK server is still there
-JACK_PROBE_TIMEOUT_S = 5.0
 CONNECTION_CHECK_EVERY = 2  # port-list polls between checks of the JACK connections
 
 
@@ -84,18 +83,10 @@ async def jack_server_answers() -> bool:
     Asked by `jack_wait -c` in a child process: opening a JACK client in this process holds the
     GIL for ~25 ms (measured), which the event loop would play as a late note. Without
     jack_wait (a JACK install without its tools) the client is opened here after all."""
-    tool = shutil.which("jack_wait")
-    if tool is None:
+    if shutil.which("jack_wait") is None:
         return jack_running()
-    process = await asyncio.create_subprocess_exec(tool, "-c", stdin=asyncio.subprocess.DEVNULL,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        answer, _ = await asyncio.wait_for(process.communicate(), JACK_PROBE_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return False
-    return answer.strip() == b"running"
+    result = await jack_patchbay.run_tool("jack_wait", "-c")  # None: it hung (or could not start)
+    return result is not None and result[1].strip() == "running"
 
 
 class MidiPorts:

@@ -66,12 +66,7 @@ def cache_folder(*parts: str) -> Path:
         )
     if not os.access(root, os.W_OK | os.X_OK):
         raise OSError(f"cache folder {root} is not writable")
-    folder = root.joinpath(*parts)
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as error:
-        raise OSError(f"cannot make {folder} ({error.strerror or error})") from None
-    return folder
+    return _private_folder(root.joinpath(*parts))
 
 
 def _private_folder(folder: Path) -> Path:

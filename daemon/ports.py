@@ -32,6 +32,7 @@ from daemon.jack_keeper import GUARD_PORT, JackKeeper, SysexGuard
 from daemon.jack_server import jack_running
 from daemon.midi_input import RTMIDI_QUEUE, InputBuffer, InputPoller
 from daemon.port_contract import EventSink, PortStatus, Receiver
+from daemon.port_release import close_port, release
 
 log = logging.getLogger("antiphon.ports")
 
@@ -175,8 +176,7 @@ class MidiPorts:
         for port in (self._in, self._out, *(self._lister or ())):
             if port is not None:
                 try:
-                    port.close_port()
-                    port.delete()
+                    release(port)
                 except Exception as error:  # already gone with its server
                     log.debug("closing a port: %s", error)
         self._in = self._out = self._lister = self._keeper = None
@@ -300,7 +300,7 @@ class MidiPorts:
         if status.connected:
             status.connected = False
             with self._poller.lock:
-                port.close_port()
+                close_port(port)
             log.warning("MIDI %s port %r disappeared; waiting for it to come back", side, status.full_name)
             self.on_event({"type": "port_lost", "port": side, "name": status.full_name})
             return

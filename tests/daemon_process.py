@@ -26,6 +26,7 @@ from fixtures_mqtt import Broker, MqttObserver
 
 from daemon.midi_input import RTMIDI_QUEUE, InputPoller
 from daemon.model import build_model, config_from_dict
+from daemon.port_release import release
 from daemon.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,8 +96,7 @@ class JackPeer:
         """The synth goes away, as an unplugged device would."""
         if self.synth is not None:
             self._poller.attach(None)
-            self.synth.close_port()
-            self.synth.delete()
+            release(self.synth)
             self.synth = None
 
     def _arrived(self, data: bytes, arrived: float) -> None:
@@ -117,8 +117,7 @@ class JackPeer:
     def close(self) -> None:
         self.close_synth()
         self._poller.stop()
-        self.keyboard.close_port()
-        self.keyboard.delete()
+        release(self.keyboard)
 
 
 def sounding(messages: list[mido.Message]) -> set[tuple[int, int]]:

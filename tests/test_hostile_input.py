@@ -37,6 +37,7 @@ from fixtures_mqtt import Broker, MqttObserver
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from daemon.port_release import release
 from daemon.weights import CONFIG_FILE, WEIGHTS_FILE
 
 pytestmark = [pytest.mark.jack, pytest.mark.mqtt]
@@ -396,8 +397,7 @@ def jack_graph_runs(timeout: float) -> bool:
         return False
     finally:
         for port in (sender, receiver):
-            port.close_port()
-            port.delete()
+            release(port)
 
 
 def _loaded(pid: int, library: str) -> bool:

@@ -21,6 +21,7 @@ from daemon.codec import Note, encode
 from daemon.grammar import accepts
 from daemon.jack_server import JackServer
 from daemon.playing import Keyboard, notes_from, phrase_events
+from daemon.port_release import release
 
 pytestmark = pytest.mark.jack
 
@@ -252,8 +253,7 @@ def test_unplugging_and_replugging_the_keyboard_is_survived(daemon_factory):
     daemon, _ = daemon_factory("--in", "plug-kbd:keys", name="antiphon-plug")
     try:
         daemon.wait_for("input connected to 'plug-kbd:keys'", 5)
-        keys.close_port()
-        keys.delete()
+        release(keys)
         daemon.wait_for("disappeared", 5)
         keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "plug-kbd")
         keys.open_virtual_port("keys")
@@ -267,8 +267,7 @@ def test_unplugging_and_replugging_the_keyboard_is_survived(daemon_factory):
         assert daemon.process.poll() is None
         assert daemon.stop() == 0
     finally:
-        keys.close_port()
-        keys.delete()
+        release(keys)
 
 
 def test_without_midi_it_starts_degraded_and_connects_when_jack_appears(jack_server, tiny_weights):

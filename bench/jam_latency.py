@@ -100,7 +100,8 @@ def main() -> int:
     with JackServer(period=args.period, realtime=not args.no_realtime_jack) as server:
         command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", "antiphon-bench",
                    "--bpm", str(args.bpm), "--answer-bars", str(args.answer_bars), "--seed", "0",
-                   "--weights", args.weights, "--kernel", args.kernel, "--precision", args.precision]
+                   "--weights", args.weights, "--kernel", args.kernel, "--precision", args.precision,
+                   "--takes-dir", ""]  # a benchmark's exchanges are not the user's takes
         process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
         log = DaemonLog(process)

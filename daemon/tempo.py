@@ -24,6 +24,12 @@ detecting pickups from the rhythm model was measured to put beat one wrong more 
 and each readable call's estimate is fused with it (a one-dimensional Kalman filter on log tempo:
 a player's drift is followed, a short noisy call is smoothed, a clear change of tempo is taken at
 once); a call that cannot be read keeps it.
+
+What is left wrong is mostly the octave, and it is the rhythm model's choice, not the prior's: on
+the eighth grid music looks much the same a metrical level up or down. A wider prior, a heavier or
+second-order rhythm model, pitch by place in the bar (lowest notes, chord size and span, bass
+changes) and a log-linear model of all of them with fitted weights were measured and gained at
+most 1-2 points, none at 25 ms of jitter (README, issue 13).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """An answer on the event loop: its notes to the output at their grid times, and what comes back
-(each note sent, the answer stopped, withdrawn or finished, its report). Owns the `NoteOutput`.
+(each note sent, the answer stopped, withdrawn or finished, its report). Owns the answer's
+`NoteOutput` and the `Metronome` (the clicks, on an output of their own): whatever the session
+sends goes out here, and panic and a reopened port silence both.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from daemon.codec import Note
 from daemon.config import Settings
 from daemon.conversation import Conversation
 from daemon.echo import EchoFilter
+from daemon.metronome import Metronome
 from daemon.output import NoteOutput, silencing_messages
 from daemon.timeline import Timeline
 
@@ -28,6 +31,7 @@ class AnswerPlayback:
         self.loop = loop
         self.send = send
         self.output = NoteOutput(loop, send, jam.late_policy, jam.output_latency_ms / 1000, on_note=self._note_sent)
+        self.metronome = Metronome(loop, send, settings, timeline, echoes)
         self.channel = settings.midi.output_channel - 1  # 0-based
         self.timeline = timeline
         self.conversation = conversation
@@ -37,7 +41,13 @@ class AnswerPlayback:
 
     def update_settings(self, settings: Settings) -> None:
         self.output.set_timing(settings.jam.late_policy, settings.jam.output_latency_ms / 1000)
+        self.metronome.update_settings(settings)
         self.channel = settings.midi.output_channel - 1
+
+    def panic(self) -> None:
+        """Silence now: the metronome stops, every note and click is released, then their channels' CCs."""
+        self.metronome.panic()
+        self.output.panic()
 
     def silence_output(self, again: bool = True) -> None:
         """An output port (re)opened or (re)connected: what an earlier run or connection left
@@ -47,7 +57,7 @@ class AnswerPlayback:
         JACK may add a new connection to its graph a cycle after the client first writes to it,
         and lose that write (1 in 30 fresh connections, measured on the dummy driver): the
         silence is sent once more a little later, unless a note has gone out meanwhile."""
-        for message in silencing_messages({self.channel, *self.output.channels_used}):
+        for message in silencing_messages({self.channel, *self.output.channels_used, *self.metronome.output.channels_used}):
             self.send(message)
         if again:
             self.loop.call_later(SILENCE_AGAIN_S, self._silence_again, self.output.stats.notes)
@@ -74,6 +84,7 @@ class AnswerPlayback:
         job.stop.set()
         job.barged_in = True
         self.output.release_all()
+        self.metronome.cut_count_in()
         self.conversation.add_played(job, t, self.output.send_ahead)
         self.report(job)
 
@@ -81,6 +92,7 @@ class AnswerPlayback:
         """Drop an answer no note of which was sent yet: unheard, unreported."""
         job.stop.set()
         self.output.release_all()
+        self.metronome.cut_count_in()
         self.conversation.resync()
 
     def start(self, job: AnswerJob, tempo: dict) -> None:

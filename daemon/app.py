@@ -147,7 +147,7 @@ class JamApp:
             "top_p": s.jam.top_p,
             "bpm": self._tempo(),
             "tempo_source": self.session.timeline.source if self.session else "fixed",
-            "meter": s.tempo.meter,
+            "meter": s.tempo.meter, "click": s.tempo.click,
             "answer_bars": s.jam.answer_bars,
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),

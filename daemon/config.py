@@ -163,7 +163,11 @@ class TempoSettings:
                            "controller tapped 3+ times to set the tempo (median interval; the last tap is beat one)")
     count_in_cc: int = _setting(-1, number(-1, 127, True), "-1 (off) or a controller 0..127",
                                 "controller that asks for a one-bar count-in (as the MQTT cmd/count-in does)")
-    click_channel: int = _setting(10, number(1, 16, True), "1..16", "channel of the count-in's clicks (10: GM drums)")
+    click: str = _setting("off", choice("off", "count-in", "always"), "off, count-in or always",
+                          "off: clicks only for a count-in asked for; count-in: also a bar of clicks before each "
+                          "answer; always: a metronome on every beat from a call's first note until a pause or panic",
+                          live=True)
+    click_channel: int = _setting(10, number(1, 16, True), "1..16", "channel of the clicks (10: GM drums)")
     click_accent_note: int = _setting(76, number(0, 127, True), "0..127", "click on beat one (76: high wood block)")
     click_note: int = _setting(77, number(0, 127, True), "0..127", "click on the other beats (77: low wood block)")
 

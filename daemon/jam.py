@@ -74,7 +74,7 @@ class JamSession:
         self.echoes = EchoFilter(jam.echo_window_ms / 1000)
         self.playback = AnswerPlayback(loop, send, settings, self.timeline, self.conversation, self.echoes, emit)
         self.output = self.playback.output
-        self.tempo = TempoKeeper(settings, self.timeline, self.listener, self.output, emit)
+        self.tempo = TempoKeeper(settings, self.timeline, self.listener, self.playback.metronome, emit)
         self.feed = CallFeed(loop, self.listener, self.conversation, self.timeline, self.tempo, self._keys_held)
         self.phase = Phase.IDLE
         self.paused = False  # no hand-overs (the player's notes are still listened to)
@@ -156,7 +156,7 @@ class JamSession:
         """The first onset after silence: beat one of the bar after everything so far."""
         if self.settings.steps_per_bar != self.timeline.steps_per_bar:
             self.conversation.change_meter(self.settings.steps_per_bar)
-        self.tempo.anchor(t)
+        self.tempo.anchor(t, clicks=not self.paused)
         self.listener.begin_call(self.timeline.end)
         self.phase = Phase.CALLING
 
@@ -199,7 +199,8 @@ class JamSession:
             position = self.timeline.position(now())
         self.conversation.add_player_notes(self.listener.finish_call(position, start))
         handover = hand_over(start, asked, self.settings.jam, self.timeline, self.listener, self.output.send_ahead,
-                             self.rng)
+                             self.rng, self.tempo.counts_in)
+        self.tempo.count_in_answer(handover.plan.start)
         self.job = AnswerJob(handover.plan, self.conversation.stream.copy())
         self.answerer.answer(self.job, self.playback.play, self._answer_generated)
         if handover.commit_at is None:
@@ -263,7 +264,7 @@ class JamSession:
         """No hand-overs until resume(); the player is still listened to (the context)."""
         self.paused = True
         self._interrupt()
-        self.output.panic()
+        self.playback.panic()
 
     def resume(self) -> None:
         self.paused = False
@@ -277,14 +278,14 @@ class JamSession:
     def panic(self) -> None:
         """Silence (also when a port is lost): the session starts over from IDLE."""
         self._interrupt()
-        self.output.panic()
+        self.playback.panic()
 
     def close(self) -> None:
         """Stop everything (the daemon is exiting): nothing is left sounding."""
         self._interrupt()
         self.feed.close()
         self.answerer.close()
-        self.output.panic()
+        self.playback.panic()
 
     def _interrupt(self) -> None:
         """Whatever the phase: no hand-over planned, no answer prepared or playing, no call."""

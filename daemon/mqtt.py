@@ -3,8 +3,8 @@
 Topics under the configured prefix:
   <prefix>/status        retained "online" / "offline" (Last Will), Home Assistant's payloads
   <prefix>/state         retained JSON state document, republished on change and on reconnect
-  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, tempo_mode, answer_bars,
-                         weights), plain or JSON payload
+  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, tempo_mode, click,
+                         answer_bars, weights), plain or JSON payload
   <prefix>/cmd/<action>  pause, resume, panic, next-weights, count-in (payload ignored)
   <prefix>/set/preset    a [presets.NAME] of the config
   <prefix>/cmd/learn     MIDI learn: the payload names the setting or action the next controller moves

@@ -1,5 +1,6 @@
 """The session's tempo side: which grid a call is anchored on, reading the call's tempo at the
-hand-over (follow mode), tap tempo and the count-in's clicks.
+hand-over (follow mode), tap tempo, and when the `Metronome` clicks (`[tempo] click`: a count-in
+on request, also before each answer with "count-in", on every beat with "always").
 
 In follow mode a call's notes are recorded with their times (`Listener.record`) and wait for the
 hand-over: the call's tempo and beat one are read from its onsets, and the call is tokenized again
@@ -19,25 +20,23 @@ from collections.abc import Callable
 from daemon.clock import now
 from daemon.config import Settings
 from daemon.listener import Listener
-from daemon.output import NoteOutput
+from daemon.metronome import Metronome
 from daemon.timeline import Timeline
 
 log = logging.getLogger("antiphon.jam")
 
 COUNT_IN_LEAD_S = 0.1  # a count-in's first click, after it is asked for
-CLICK_S = 0.05  # a click's length (shorter at fast tempi: half a beat)
-CLICK_ACCENT_VELOCITY, CLICK_VELOCITY = 110, 70
 
 
 class TempoKeeper:
     """The tempo each call is read and answered at, and the clicks that let the player hear it."""
 
-    def __init__(self, settings: Settings, timeline: Timeline, listener: Listener, output: NoteOutput,
+    def __init__(self, settings: Settings, timeline: Timeline, listener: Listener, metronome: Metronome,
                  emit: Callable[[dict], None]) -> None:
         self.settings = settings
         self.timeline = timeline
         self.listener = listener
-        self.output = output
+        self.metronome = metronome
         self.emit = emit
         self._unreadable = ""  # why the last call's tempo could not be read (follow mode)
 
@@ -51,21 +50,24 @@ class TempoKeeper:
         """Follow mode's call in progress: its notes wait for the hand-over, to be read on its own grid."""
         return self.listener.recording is not None
 
-    def anchor(self, t: float) -> None:
+    def anchor(self, t: float, clicks: bool = True) -> None:
         """The first onset after silence: the timeline anchored on the grid this call is played
-        on (a running clock's, the one taps or a count-in set, the tempo read so far, or the fixed
-        tempo); in follow mode the call starts recording."""
+        on (a running clock's, the one taps, a count-in or the running metronome set, the tempo
+        read so far, or the fixed tempo); in follow mode the call starts recording. `clicks`: the
+        metronome may start (not while paused)."""
         tempo, timeline = self.settings.tempo, self.timeline
         following = tempo.follow_clock and timeline.clock_present(t)
+        keep_grid = following or timeline.preset or self.metronome.running  # the player plays to its beat
         if following:
             timeline.source = "clock"
-        elif not timeline.preset and tempo.tempo_mode == "follow":
+        elif not keep_grid and tempo.tempo_mode == "follow":
             self.listener.record()  # read at the hand-over; meanwhile the tempo so far times it
-        elif not timeline.preset:
+        elif not keep_grid:
             timeline.source = "fixed"
-        keep_grid = following or timeline.preset
         timeline.preset = False
         timeline.anchor(t, None if keep_grid else timeline.tracker.bpm if self.reading else tempo.bpm)
+        if clicks and tempo.click == "always":
+            self.metronome.start()
 
     def follow_clock(self, kind: str, t: float, song_position: int) -> None:
         """A MIDI real-time message: a running clock sets the grid (when `follow_clock` is on)."""
@@ -115,15 +117,23 @@ class TempoKeeper:
     def count_in(self) -> None:
         """One bar of clicks at the tempo in use, accented on beat one; the next call's beat one is
         the bar line after it."""
-        tempo = self.settings.tempo
         grid = self.timeline.count_in(now() + COUNT_IN_LEAD_S)
-        channel, beat = tempo.click_channel - 1, 4 * grid.step
-        for index in range(math.ceil(self.timeline.steps_per_bar / 4)):
-            on = grid.time_at(4 * index)
-            accent = index == 0
-            self.output.play(channel, tempo.click_accent_note if accent else tempo.click_note,
-                             CLICK_ACCENT_VELOCITY if accent else CLICK_VELOCITY, on, on + min(CLICK_S, beat / 2))
+        if self.metronome.running:
+            self.metronome.restart()  # its beats on the new grid are the count-in
+        else:
+            self.metronome.bar(grid.time_at, 0)
         log.info("count-in at %.1f bpm", grid.bpm)
+
+    @property
+    def counts_in(self) -> bool:
+        """`click = "count-in"`: a bar of clicks before each answer."""
+        return self.settings.tempo.click == "count-in"
+
+    def count_in_answer(self, start: int) -> None:
+        """The answer starts at stream step `start`: when counting in, a bar of clicks before it
+        (`hand_over` left that bar free)."""
+        if self.counts_in:
+            self.metronome.bar(self.timeline.time_at, start - self.timeline.steps_per_bar)
 
     def tap(self, t: float) -> None:
         """A tap of the tap-tempo controller; enough of them set the tempo."""

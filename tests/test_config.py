@@ -136,12 +136,20 @@ def test_live_settings_and_their_mqtt_names_come_from_the_declarations():
 
     declared = {(section, spec.name) for section, cls in SECTIONS.items() for spec in fields(cls) if spec.metadata["live"]}
     assert {(s.section, name) for name, s in LIVE_SETTINGS.items()} == declared == {
-        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("tempo", "tempo_mode"), ("jam", "answer_bars"),
-        ("model", "weights"), ("jam", "key"), ("jam", "register"), ("jam", "clashes")}
-    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "tempo_mode": str, "answer_bars": int,
-                        "weights": str, "key": str, "register": str, "clashes": str}
+        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("tempo", "tempo_mode"), ("tempo", "click"),
+        ("jam", "answer_bars"), ("model", "weights"), ("jam", "key"), ("jam", "register"), ("jam", "clashes")}
+    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "tempo_mode": str, "click": str,
+                        "answer_bars": int, "weights": str, "key": str, "register": str, "clashes": str}
     assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "tempo-mode": "tempo_mode", "answer_length": "answer_bars",
                                "answer-length": "answer_bars"}
+
+
+def test_click_is_off_unless_set_in_the_file_or_by_its_flag():
+    assert settings_from({}, "test").tempo.click == "off"
+    assert settings_from({"tempo": {"click": "always"}}, "test").tempo.click == "always"
+    assert settings_from({}, "flags", {("tempo", "click"): "count-in"}).tempo.click == "count-in"
+    with pytest.raises(ConfigError, match=r"\[tempo\] click = 'loud'.*off, count-in or always"):
+        settings_from({"tempo": {"click": "loud"}}, "test")
 
 
 def test_the_tempo_mode_is_the_tempo_tables_mode_key():

@@ -506,3 +506,59 @@ def test_a_count_in_clicks_one_bar_on_channel_10_and_sets_beat_one(tiny_weights)
     assert answer and all(16 <= round(p) < 32 for p in positions)
     player = decode(list(d.app.session.conversation.stream.tokens))
     assert player[0].start == 1 and not d.app.session.echoes.ignored
+
+
+def clicks_and_answer(recorded, origin: float, step: float) -> tuple[list[tuple[float, int]], list[float]]:
+    """(grid position, note) of every click on channel 10, and the grid positions of the answer's note-ons."""
+    ons = [(t, m) for t, m in recorded if m.type == "note_on" and m.velocity > 0]
+    clicks = [((t - origin) / step, m.note) for t, m in ons if m.channel == 9]
+    return clicks, [(t - origin) / step for t, m in ons if m.channel == 0]
+
+
+# ENDED hands over on the bar line at step 16; CALL's rhythm has a note due there (HANDING_OVER).
+@pytest.mark.parametrize("call", [ENDED, CALL], ids=["ended", "downbeat-due"])
+def test_count_in_mode_clicks_a_bar_before_each_answer_and_hears_none_of_it(tiny_weights, call):
+    async def scenario():
+        async with duet(tiny_weights, echo=True, click="count-in") as d:
+            origin = await d.play(call)
+            started = await d.wait_for("answer_started")
+            finished = await d.wait_for("answer_finished")
+            return d, origin, started, finished
+
+    d, origin, started, finished = asyncio.run(scenario())
+    # The bar after the call is the count-in's; the answer fills the one after it, on the same grid.
+    assert started["start_step"] == 32 and started["end_step"] == 48
+    clicks, answer = clicks_and_answer(d.recorded, origin, STEP)
+    assert [4 * round(p / 4) for p, _ in clicks] == [16, 20, 24, 28] and [n for _, n in clicks] == [76, 77, 77, 77]
+    assert answer and all(32 <= round(p) < 48 for p in answer)
+    assert paired([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")])
+    # Clicks and answer came back on the input (a synth's thru): none was taken for the player.
+    assert not finished["barged_in"] and finished["notes"] == len(answer)
+    assert d.app.session.stats["echoes_ignored"] == len(clicks) + len(answer)
+    assert [n.pitch for n in d.app.session.listener.call_notes] == [n.pitch for n in call]
+
+
+def test_always_clicks_every_beat_of_the_call_and_the_answer_until_stopped(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, echo=True, click="always") as d:
+            origin = await d.play(ENDED)
+            finished = await d.wait_for("answer_finished")
+            await asyncio.sleep(0.3)  # between exchanges it keeps time
+            return d, origin, finished
+
+    d, origin, finished = asyncio.run(scenario())
+    clicks, answer = clicks_and_answer(d.recorded, origin, STEP)
+    beats = [round(p / 4) for p, _ in clicks]
+    # From the beat after the call's first onset, through the answer (steps 16..32), each beat at
+    # most once and accented on the bar lines. A loaded machine may delay a click, never by a
+    # whole 16th, or lose one (a loop stalled past the lookahead skips it rather than play it late).
+    assert beats == sorted(set(beats)) and beats[0] == 1 and beats[-1] >= 8 and len(beats) >= beats[-1] - 1
+    assert all(abs(p - 4 * b) < 1 for (p, _), b in zip(clicks, beats))
+    assert [n for _, n in clicks] == [76 if b % 4 == 0 else 77 for b in beats]
+    assert answer and all(16 <= round(p) < 32 for p in answer)
+    notes = [(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")]
+    assert paired(notes)  # the daemon stopped: every click released
+    # None of them was taken for the player (the last click's echo may come after the stop).
+    assert not finished["barged_in"] and d.app.session.stats["answers"] == 1
+    assert [n.pitch for n in d.app.session.listener.call_notes] == [n.pitch for n in ENDED]
+    assert d.app.session.stats["echoes_ignored"] >= len(clicks) - 1 + len(answer)

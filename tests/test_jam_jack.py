@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import rtmidi
 from daemon.clock import step_seconds
 from daemon.codec import Note, encode
 from daemon.grammar import accepts
+from daemon.jack_patchbay import connect
 from daemon.jack_server import JackServer
 from daemon.playing import Keyboard, notes_from, phrase_events
 from daemon.port_release import release
@@ -205,6 +207,74 @@ def test_a_count_in_arrives_on_channel_10_and_is_all_released(daemon_factory):
     assert 0 < ons[0][0] - asked < 0.1 + 2 * TRANSPORT_S
     assert not unpaired(received)
     assert daemon.stop() == 0
+
+
+def thru(daemon: Daemon) -> None:
+    """The daemon's output wired back to its input, as a synth's MIDI thru would: it hears every note it sends."""
+    assert asyncio.run(connect(daemon.out_port, daemon.in_port))
+
+
+def on_grid(ons, origin: float) -> list[float]:
+    """The 16th each note-on falls on, counted from the call's first onset."""
+    return [(t - origin) / STEP for t, _ in ons]
+
+
+def assert_on_the_beats(positions: list[float]) -> None:
+    """Each click on its beat: a loaded machine may delay one, never by a 16th; most are within a
+    quarter of one (three JACK periods at 240 bpm)."""
+    errors = sorted(abs(p - 4 * round(p / 4)) for p in positions)
+    assert errors[-1] < 1 and errors[len(errors) // 2] < 0.25, positions
+
+
+def test_count_in_mode_clicks_a_bar_on_channel_10_before_the_answer(daemon_factory):
+    daemon, keyboard = daemon_factory("--virtual", "--answer-bars", "1", "--click", "count-in", name="antiphon-click-in")
+    thru(daemon)
+    origin = play(keyboard.send, CALL)
+    report = daemon.wait_for("jam: answer:", 10)
+    time.sleep(0.1)
+    received = note_messages(keyboard.take())
+    ons = [(t, m) for t, m in received if m.type == "note_on" and m.velocity > 0]
+    clicks = [(t, m) for t, m in ons if m.channel == 9]
+    answer = [(t, m) for t, m in ons if m.channel == 0]
+    # The call ends in its first bar: the count-in's is the bar after it (16 here; later where
+    # JACK dropped a starved cycle's note-off and the key held the call on), the answer the next.
+    assert [(m.note, m.velocity) for _, m in clicks] == [(76, 110), (77, 70), (77, 70), (77, 70)]
+    positions = on_grid(clicks, origin)
+    bar_line = 16 * round(positions[0] / 16)
+    assert [4 * round(p / 4) - bar_line for p in positions] == [0, 4, 8, 12], positions
+    assert_on_the_beats(positions)
+    heard = on_grid(answer, origin)
+    assert heard and all(bar_line + 16 - 0.25 < p < bar_line + 32 for p in heard), (bar_line, heard)
+    assert not unpaired(received)
+    # Every click and answer note came back on the input: none was heard as the player barging in.
+    assert f"answer: {len(answer)} notes" in report and "(barged in)" not in report
+    assert daemon.stop() == 0
+
+
+def test_always_clicks_on_the_beat_grid_and_sigterm_releases_them(daemon_factory):
+    daemon, keyboard = daemon_factory("--virtual", "--answer-bars", "1", "--click", "always", name="antiphon-click-on")
+    thru(daemon)
+    origin = play(keyboard.send, CALL)
+    daemon.wait_for("jam: answer:", 10)
+    time.sleep(1.3)  # between exchanges it keeps time; a click heard as the player would start a call
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(timeout=5) == 0
+    time.sleep(0.05)
+    received = note_messages(keyboard.take())
+    clicks = [(t, m) for t, m in received if m.type == "note_on" and m.velocity > 0 and m.channel == 9]
+    positions = on_grid(clicks, origin)
+    beats = [round(p / 4) for p in positions]
+    # The beats from the one after the call's first onset, through the call, the answer (steps
+    # 17..32) and the silence after it, each at most once and on the grid; beat one accented. A
+    # loaded machine may lose one (a loop stalled past the metronome's lookahead skips a click
+    # rather than play it late; JACK drops a starved client's cycle).
+    assert beats == sorted(set(beats)) and beats[0] == 1 and beats[-1] >= 12, positions
+    assert len(beats) >= beats[-1] - 1, positions
+    assert_on_the_beats(positions)
+    assert [m.note for _, m in clicks] == [76 if b % 4 == 0 else 77 for b in beats]
+    assert not unpaired(received)
+    answers = [line for line in daemon.lines if "jam: answer:" in line]
+    assert len(answers) == 1 and "(barged in)" not in answers[0]
 
 
 def test_barge_in_silences_the_answer(daemon_factory):

@@ -31,8 +31,8 @@ from fixtures_mqtt import Broker, MqttObserver
 
 from daemon.mqtt import MAX_PAYLOAD_BYTES, CommandError, parse_setting
 
-STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "tempo_source", "meter", "answer_bars", "ports", "paused",
-              "preset", "controls", "last_latency_ms", "input"}
+STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "tempo_source", "meter", "click", "answer_bars", "ports",
+              "paused", "preset", "controls", "last_latency_ms", "input"}
 
 
 # -- payload parsing (no broker) -------------------------------------------------------

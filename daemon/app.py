@@ -26,6 +26,7 @@ import torch
 from daemon import sdnotify, startup_signals
 from daemon.clock import check_loop_clock, now
 from daemon.config import (
+    LIVE_SETTINGS,
     SECTIONS,
     ConfigError,
     Settings,
@@ -139,16 +140,15 @@ class JamApp:
         folder = weights_folder(s.model.weights)
         engine = self.session.answerer.engine if self.session else None
         return {
+            # every live setting as set; weights and bpm as in use, below
+            **{name: getattr(getattr(s, live.section), name) for name, live in LIVE_SETTINGS.items()},
             "mode": self.mode,
             "weights": {"name": s.model.weights, "path": str(folder), "kind": engine.kind if engine else "",
                         "precision": engine.precision if engine else s.model.precision,
                         "kernel": engine.kernel if engine else s.model.kernel},
-            "temperature": s.jam.temperature,
-            "top_p": s.jam.top_p,
             "bpm": self._tempo(),
             "tempo_source": self.session.timeline.source if self.session else "fixed",
-            "meter": s.tempo.meter, "click": s.tempo.click,
-            "answer_bars": s.jam.answer_bars,
+            "meter": s.tempo.meter,
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
             "preset": self.surface.preset,

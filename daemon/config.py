@@ -78,6 +78,7 @@ def choice(*options: str) -> Check:
             raise ValueError("not one of the choices")
         return value
 
+    check.options = options  # what a select offers (Home Assistant discovery)
     return check
 
 
@@ -380,6 +381,11 @@ def live_setting_named(name: str) -> LiveSetting | None:
 def setting_bounds(setting: LiveSetting) -> tuple[float, float] | None:
     """The allowed range of a numeric live setting (None for a text one: the weights)."""
     return getattr(_spec(setting.section, setting.name).metadata["check"], "bounds", None)
+
+
+def setting_choices(setting: LiveSetting) -> tuple[str, ...] | None:
+    """The words a live setting allows when it is a choice (None otherwise)."""
+    return getattr(_spec(setting.section, setting.name).metadata["check"], "options", None)
 
 
 def _spec(section: str, name: str) -> Any:

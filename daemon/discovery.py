@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any, NamedTuple
 
-from daemon.config import LIVE_SETTINGS, setting_bounds
+from daemon.config import LIVE_SETTINGS, setting_bounds, setting_choices
 
 DEFAULT_PREFIX = "homeassistant"
 # The app's event (never published) that the presets or weights the selects offer have changed.
@@ -40,6 +40,12 @@ def _number(name: str, title: str, step: float, icon: str) -> Entity:
     })
 
 
+def _select(name: str, title: str, icon: str) -> Entity:
+    return Entity("select", name, {"name": title, "command_topic": f"set/{name}",
+                                   "options": list(setting_choices(LIVE_SETTINGS[name])),
+                                   "value_template": f"{{{{ value_json.{name} }}}}", "icon": icon})
+
+
 def entities(weights: list[str], presets: list[str]) -> list[Entity]:
     """What the daemon offers: numbers, selects, a switch, buttons, sensors."""
     found = [
@@ -48,6 +54,8 @@ def entities(weights: list[str], presets: list[str]) -> list[Entity]:
         _number("answer_bars", "Answer bars", 1, "mdi:music-note-whole"),
         Entity("select", "weights", {"name": "Weights", "command_topic": "set/weights", "options": weights,
                                      "value_template": "{{ value_json.weights.name }}", "icon": "mdi:brain"}),
+        _select("tempo_mode", "Tempo mode", "mdi:metronome"),
+        _select("click", "Click", "mdi:metronome-tick"),
         # The switch's state is compared with payload_on/payload_off (ON/OFF), as set/paused takes them.
         Entity("switch", "paused", {"name": "Paused", "command_topic": "set/paused", "payload_on": "ON",
                                     "payload_off": "OFF", "value_template": "{{ 'ON' if value_json.paused else 'OFF' }}",

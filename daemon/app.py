@@ -302,7 +302,7 @@ class JamApp:
     def _send(self, message: mido.Message) -> None:
         self.midi.send(message)
         if self.takes is not None and message.type in NOTE_MESSAGES:
-            self.takes.model(message, now())
+            self.takes.model(message, now(), kept=message.channel != self.settings.tempo.click_channel - 1)
 
     def _tempo(self) -> float:
         """The tempo in use: an external clock's, the one read from the player or tapped, else the setting."""

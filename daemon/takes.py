@@ -121,12 +121,14 @@ class TakeRecorder:
             return
         self._add(TakeEvent(t, PLAYER, message.note, message.velocity if on else 0))
 
-    def model(self, message: mido.Message, t: float) -> None:
-        """A note-on or note-off the daemon sent."""
+    def model(self, message: mido.Message, t: float, kept: bool = True) -> None:
+        """A note-on or note-off the daemon sent; `kept` False for a click, which a take leaves out
+        (it is the music, not the metronome) but whose echo must not pass for the player."""
         on = message.type == "note_on" and message.velocity > 0
         if on:
             self.echoes.sent(message.note, t)
-        self._add(TakeEvent(t, MODEL, message.note, message.velocity if on else 0))
+        if kept:
+            self._add(TakeEvent(t, MODEL, message.note, message.velocity if on else 0))
 
     def _add(self, event: TakeEvent) -> None:
         previous = self.path

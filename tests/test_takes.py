@@ -59,6 +59,23 @@ def test_the_recorder_splits_after_silence_skips_echoes_and_writes_on_flush(tmp_
     assert summarize(second).player_notes == 1 and summarize(second).model_notes == 0
 
 
+def test_clicks_are_left_out_of_a_take_and_their_echoes_too(tmp_path: Path) -> None:
+    recorder = TakeRecorder(tmp_path, 10, 10**6, echo_window_s=0.1)
+    recorder.player(note("note_on", 60), 1.0)
+    recorder.player(note("note_off", 60), 1.2)
+    for beat in range(8):  # a metronome through half a minute of silence: the next note starts a new take
+        recorder.model(note("note_on", 77), 1.5 + 4 * beat, kept=False)
+        recorder.player(note("note_on", 77), 1.51 + 4 * beat)  # the synth's thru
+        recorder.model(note("note_off", 77), 1.55 + 4 * beat, kept=False)
+    first = recorder.flush(100.0, "4/4")
+    recorder.player(note("note_on", 62), 1.2 + SPLIT_SILENCE_S)
+    second = recorder.flush(100.0, "4/4")
+    recorder.close(100.0, "4/4")
+    assert first != second
+    take = summarize(first)
+    assert (round(take.seconds, 3), take.player_notes, take.model_notes) == (0.2, 1, 0)
+
+
 def test_the_folder_is_bounded_oldest_first(tmp_path: Path) -> None:
     for index in range(5):
         (tmp_path / f"take-2026120{index}-000000.mid").write_bytes(b"x" * 100)

@@ -3,7 +3,7 @@
 own test files, plus the fine-tuned weights on the reference test set (what they forgot).
 
     nice -n 19 .venv/bin/python bench/fine_tune_budget.py --model transformer --data ../shared/data/schubert \
-        --minutes 2 5 10 20 --step-seconds 8.15 --threads 2 --windows 2048
+        --minutes 2 5 10 20 --step-seconds 2.29 --threads 2 --windows 2048
 
 A budget of minutes is run as the number of optimizer steps those minutes hold at --step-seconds (the
 2-thread seconds per step of `bench/train_throughput.py --threads 2` on a quiet machine), so that the

@@ -3,7 +3,7 @@
 own test files, plus the fine-tuned weights on the reference test set (what they forgot).
 
     nice -n 19 .venv/bin/python bench/fine_tune_budget.py --model transformer --data ../shared/data/schubert \
-        --minutes 2 5 10 20 --step-seconds 8.15 --threads 2 --windows 2048
+        --minutes 2 5 10 20 --step-seconds 2.29 --threads 2 --windows 2048
 
 A budget of minutes is run as the number of optimizer steps those minutes hold at --step-seconds (the
 2-thread seconds per step of `bench/train_throughput.py --threads 2` on a quiet machine), so that the
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon.model import build_model, config_from_dict  # noqa: E402
 from daemon.paths import shipped_weights  # noqa: E402
 from daemon.weights import read_config, save_weights  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
+from training.checkpoint import has_checkpoint, load_checkpoint  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.fit import Limits, Recipe, fit  # noqa: E402
 
@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="fine-tuning lr (default: the fine-tuning recipe's)")
     parser.add_argument("--reference", type=Path, help="also score the fine-tuned weights of the last budget on this "
                         "data folder's test files (e.g. ../shared/data/reference)")
-    parser.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder); a run found "
+                        "there goes on from its checkpoint, past the budgets it has reached")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = [max(1, round(minutes * 60 / args.step_seconds)) for minutes in args.minutes]
@@ -77,12 +78,15 @@ def main() -> None:
         "scratch": Recipe.paper(args.model, **one_epoch),
     }
     conditions = [condition for condition in ("fine-tuned", "scratch") if condition in args.conditions]
-    for index, (minutes, budget) in enumerate(zip(args.minutes, steps)):  # both conditions per budget: paired early
+    for minutes, budget in zip(args.minutes, steps):  # both conditions per budget: paired early
         for condition in conditions:
             run = work / condition
-            fit(args.data, run, None if index else recipes[condition], Limits(max_epochs=1, max_steps=budget),
-                resume=index > 0, device="cpu", progress=False, report=lambda line: None,
-                init=parent if condition == "fine-tuned" and index == 0 else None)
+            done = has_checkpoint(run / "checkpoint")
+            if done and load_checkpoint(run / "checkpoint").state["step"] >= budget:
+                continue  # measured by an earlier process on this --work folder
+            fit(args.data, run, recipes[condition] if not done else None, Limits(max_epochs=1, max_steps=budget),
+                resume=done, device="cpu", progress=False, report=lambda line: None,
+                init=parent if condition == "fine-tuned" and not done else None)
             weights = checkpoint_weights(run, work / f"{condition}-{budget}")
             value, error = nll(weights, args.data, args.windows)
             row = {"condition": condition, "minutes": minutes, "steps": budget, "nll": value, "stderr": error}

@@ -37,6 +37,7 @@ from daemon.jack_server import JackServer
 from daemon.playing import Keyboard, phrase_events
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
+ROOT = Path(__file__).resolve().parents[1]  # the daemon measured is this checkout's (not the installed one's)
 ANSWER_LINE = re.compile(r"jam: answer: (\d+) notes, (\d+) bars, first note (\S+) ms, worst (\S+) ms, (\d+) tokens "
                          r"at (\d+) tok/s, late notes so far: (\d+) played, (\d+) dropped")
 CALLS = [
@@ -99,9 +100,10 @@ def main() -> int:
     with JackServer(period=args.period, realtime=not args.no_realtime_jack) as server:
         command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", "antiphon-bench",
                    "--bpm", str(args.bpm), "--answer-bars", str(args.answer_bars), "--seed", "0",
-                   "--weights", args.weights, "--kernel", args.kernel, "--precision", args.precision]
+                   "--weights", args.weights, "--kernel", args.kernel, "--precision", args.precision,
+                   "--takes-dir", ""]  # a benchmark's exchanges are not the user's takes
         process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
         log = DaemonLog(process)
         ready = log.wait_for("ready:", 0, 120)
         if ready is None:
@@ -111,7 +113,7 @@ def main() -> int:
         print(ready[1], file=sys.stderr)
         ports = re.search(r"in=(\S+) out=(\S+?),", ready[1]).groups()
         keyboard = Keyboard("jack", ports[0], ports[1], "bench-keyboard")
-        latencies, jitters, errors, rates, consumed, sent_worst = [], [], [], [], [], []
+        latencies, jitters, errors, rates, consumed, sent_worst, first_steps = [], [], [], [], [], [], []
         late = empty = 0
         mark = len(log.lines)
         try:
@@ -140,6 +142,7 @@ def main() -> int:
                     continue
                 grid_errors = [t - (origin + round((t - origin) / step) * step) for t in ons]
                 latencies.append(grid_errors[0] * 1000)
+                first_steps.append(round((ons[0] - origin) / step) - 16)  # steps after the call's bar line
                 centre = statistics.median(grid_errors)
                 jitters.extend(abs(e - centre) * 1000 for e in grid_errors)
                 errors.extend(e * 1000 for e in grid_errors)
@@ -167,6 +170,9 @@ def main() -> int:
         # Inside the daemon, before JACK: the worst note of each answer, sent minus due.
         "daemon_worst_error_p50_ms": round(percentile(sent_worst, 50), 3),
         "daemon_worst_error_p99_ms": round(percentile(sent_worst, 99), 3),
+        # Where the answer begins: its first note, in steps after the bar line that ends the call.
+        "first_note_step_p50": percentile(first_steps, 50),
+        "first_note_on_the_bar_line": round(sum(s == 0 for s in first_steps) / len(first_steps), 3) if first_steps else None,
         "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
         "music_tokens_per_s": round(statistics.median(consumed), 1) if consumed else None,
         "realtime_factor": round(realtime, 1),
@@ -181,6 +187,8 @@ def main() -> int:
     print(f"timing jitter           p50 {result['jitter_p50_ms']:.2f} ms  p99 {result['jitter_p99_ms']:.2f} ms")
     print(f"daemon-side worst note  p50 {result['daemon_worst_error_p50_ms']:.2f} ms  "
           f"p99 {result['daemon_worst_error_p99_ms']:.2f} ms (per answer, before JACK)")
+    print(f"first answer note       p50 {result['first_note_step_p50']:.0f} steps after the bar line, "
+          f"{result['first_note_on_the_bar_line']} of answers on it")
     print(f"real-time factor        {result['realtime_factor']:.1f}x "
           f"({result['tokens_per_s']} tokens/s generated, {result['music_tokens_per_s']} tokens/s of music)")
     print(json.dumps(result))

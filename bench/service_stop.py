@@ -49,7 +49,9 @@ def one_run(folder: Path, mosquitto: str) -> dict[str, float]:
     notify = NotifySocket(folder / "notify")
     prefix = f"antiphon/bench-{folder.name}"
     sections = daemon_sections(peer, save_tiny_weights(folder / "lstm"), broker, prefix)
-    daemon = DaemonProcess(folder, sections, {"NOTIFY_SOCKET": str(notify.path)})
+    # takes and learned controls go to the run's scratch folder, not the user's
+    daemon = DaemonProcess(folder, sections, {"NOTIFY_SOCKET": str(notify.path), "XDG_DATA_HOME": str(folder),
+                                              "XDG_STATE_HOME": str(folder)})
     observer = MqttObserver(broker, prefix)
     try:
         started = time.monotonic()

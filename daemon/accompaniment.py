@@ -1,7 +1,8 @@
 """Accompaniment live: the Accompanist on the inference worker, in time, while the player plays.
 
-The session (loop) starts an `AccompanyJob` when the player starts and hands it the player's
-notes as the listener commits them (`offer_notes`) and each key event (`activity`). The worker
+The session (loop) starts an `AccompanyJob` when the player starts and hands it each onset
+(`onset`: the note goes into the stream at once), the player's notes as the listener commits
+them (`offer_notes`: their real durations) and each key event (`activity`). The worker
 runs `accompany` for the whole stretch: it places the player's notes, fixes the model's notes
 that playback is about to reach and posts them to the loop (which plays them on time), and
 decides `lookahead_steps` sixteenths ahead. Nothing is posted before it is fixed, so the loop
@@ -20,6 +21,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +33,7 @@ from daemon.answerer import PACING_WAIT_S, SCHEDULE_MARGIN_S
 from daemon.clock import now
 from daemon.codec import Note
 from daemon.live_tokenizer import TokenStream
+from daemon.steering import PlayerSteering
 from daemon.timeline import TimelineView
 
 log = logging.getLogger("antiphon.jam")
@@ -47,6 +50,7 @@ class AccompanyPlan:
     pitch_range: tuple[int, int]
     timeline: TimelineView
     options: AnswerOptions
+    steering: PlayerSteering  # the worker's from the start
     lookahead_steps: int
     send_ahead: float
     rng: np.random.Generator  # handed over: only the worker draws from it
@@ -66,7 +70,8 @@ class AccompanyJob:
     stream: TokenStream
     last_activity: float  # stream step of the player's latest key event
     stop: threading.Event = field(default_factory=threading.Event)
-    inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # ("note", Note) | ("activity", step)
+    # ("onset", (step, pitch, velocity)) | ("note", Note) | ("activity", step)
+    inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     leftover: list[Note] = field(default_factory=list)  # offered after the worker stopped taking notes
     accompanist: Accompanist | None = None  # the worker's
     end: int = 0  # the bar line it stopped at (set by the worker when it ends)
@@ -87,6 +92,11 @@ class AccompanyJob:
     def activity(self, step: float) -> None:
         self.inbox.put(("activity", step))
 
+    def onset(self, step: int, pitch: int, velocity: int) -> None:
+        with self._lock:
+            if not self._closed:
+                self.inbox.put(("onset", (step, pitch, velocity)))
+
     # -- worker side --------------------------------------------------------------------
     def close(self) -> list[tuple[str, object]]:
         """No more notes to the worker: what is still in the inbox, for it to take in last."""
@@ -106,16 +116,22 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
     plan, view = job.plan, job.plan.timeline
     bar_len = job.stream.steps_per_bar
     accompanist = job.accompanist = Accompanist(engine, job.stream, plan.options, plan.pitch_range, plan.rng,
-                                                plan.velocity)
+                                                plan.velocity, plan.steering)
     margin = SCHEDULE_MARGIN_S + plan.send_ahead
 
-    def take(message: tuple[str, object]) -> None:
+    def take(message: tuple[str, object]) -> bool:
+        """Take in one message; True if a player's note went into the stream."""
         kind, value = message
         if kind == "note":
             accompanist.player_note(value)
+        elif kind == "onset":
+            accompanist.player_onset(*value)
         else:
             job.last_activity = max(job.last_activity, value)
+        return kind != "activity"
 
+    # When the player's notes last taken in began to go in: what they cost ends with the next decide.
+    taken_at: float | None = None
     while not job.stop.is_set():
         t = now()
         reach = view.position(t + margin + 3 * token_seconds())  # what playback reaches before a note is scheduled
@@ -126,18 +142,25 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
             break
         accompanist.decide(math.floor(view.position(t)) + plan.lookahead_steps, max(plan.join, math.floor(reach) + 1),
                            end)
+        if taken_at is not None:
+            accompanist.stats.redecide_seconds.append(time.perf_counter() - taken_at)
+            taken_at = None
         # Sleep until the next note is due to be fixed or the next step begins, or a message comes.
         following = accompanist.decided[0].note.start if accompanist.decided else math.floor(view.position(t)) + 1
         wake = view.time_at(following) - margin - 3 * token_seconds()
         try:
-            take(job.inbox.get(timeout=min(max(wake - now(), 0.0), PACING_WAIT_S)))
+            message = job.inbox.get(timeout=min(max(wake - now(), 0.0), PACING_WAIT_S))
         except queue.Empty:
             continue
+        began = time.perf_counter()
+        notes = take(message)
         while True:
             try:
-                take(job.inbox.get_nowait())
+                notes |= take(job.inbox.get_nowait())
             except queue.Empty:
                 break
+        if notes:
+            taken_at = began
     for message in job.close():
         take(message)
     accompanist.finish()
@@ -149,14 +172,19 @@ def accompaniment_report(job: AccompanyJob, late_played: int, late_dropped: int)
     """The `accompaniment_finished` event (and its log line)."""
     accompanist = job.accompanist
     stats = accompanist.stats if accompanist is not None else None
-    seconds = stats.seconds if stats else []
+
+    def p99_ms(seconds: list[float]) -> float | None:
+        return round(float(np.percentile(seconds, 99)) * 1000, 3) if seconds else None
+
     event = {
         "type": "accompaniment_finished",
         "notes": job.played,
         "end_step": job.end,
         "rollbacks": stats.count if stats else 0,
-        "rollback_ms_p99": round(float(np.percentile(seconds, 99)) * 1000, 3) if seconds else None,
+        "rollback_ms_p99": p99_ms(stats.seconds) if stats else None,
+        "redecide_ms_p99": p99_ms(stats.redecide_seconds) if stats else None,
         "moved_player_notes": stats.moved if stats else 0,
+        "revised_player_notes": stats.revised if stats else 0,
         "late_played": late_played,
         "late_dropped": late_dropped,
         "stopped": job.stop.is_set(),

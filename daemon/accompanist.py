@@ -3,18 +3,22 @@
 The `Accompanist` holds the conversation's stream and the engine fed with it. The model decides
 ahead of playback (`decide`: every token sampled under `compose_mask`, narrowed to the
 accompaniment's pitch range); what playback reaches is fixed (`fix`: those notes are sent and
-stay); a player's note goes into the stream where it belongs in time (`player_note`). When that
-is before something the model decided but has not sounded, the stream and the engine roll back
-to the decision point just before it, the player's note goes in, and the next `decide`
-re-decides the rest. A player's note that belongs before a note already fixed (it arrived too
-late) is placed at the current step instead, so the stream stays grammatical and in time order.
+stay). A player's note goes into the stream at its onset (`player_onset`), where it belongs in
+time, with the duration the model expects of it; its release brings the real one
+(`player_note`). Each of these may belong before notes already in the stream: the stream and
+the engine then roll back to the decision point just before it, and what follows is fed again:
+the notes that sounded (the model's fixed notes, the player's) as they were, with the new note
+in its place; what the model decided but has not sounded is taken back, and the next `decide`
+decides it again.
 
-Decision points are marks at every state where the next token starts a note or a bar line
-(NEED_OFFSET): the stream's mark and the engine's position. Nothing before the latest fixed
-model note or player's note (the floor) is ever taken back.
+Decision points are marks at states where the next token starts a note or a bar line
+(NEED_OFFSET): the stream's mark and the engine's position. The engine keeps the last
+ROLLBACK_TOKENS (decoding.py); a player's note that belongs before that is placed at the first
+step the engine can still take it at (counted as moved), and a release too old to revise leaves
+the note with the duration it was given at its onset (counted as unrevised).
 
 The live daemon runs this on the inference worker (daemon/accompaniment.py); the property test
-and bench/accompany.py drive it directly.
+and the benchmarks drive it directly.
 """
 
 from __future__ import annotations
@@ -26,12 +30,27 @@ from typing import NamedTuple
 import numpy as np
 
 from daemon.answer_loop import AnswerOptions, MaskNarrowing, compose_mask
-from daemon.codec import MAX_DURATION, OFFSET_BASE, PITCH_BASE, PITCH_MAX, PITCH_MIN, Note, is_duration, is_offset, token_value
-from daemon.grammar import HAVE_OFFSET, NEED_OFFSET, GrammarState
+from daemon.codec import (
+    DURATION_BASE,
+    MAX_DURATION,
+    OFFSET_BASE,
+    PITCH_BASE,
+    PITCH_MAX,
+    PITCH_MIN,
+    Note,
+    duration_token,
+    is_duration,
+    is_offset,
+    token_value,
+)
+from daemon.grammar import HAVE_OFFSET, NEED_OFFSET, GrammarState, next_mask
 from daemon.live_tokenizer import StreamMark, TokenStream
 from daemon.sampling import sample
+from daemon.steering import PlayerSteering
 
 OPEN_END = 1 << 30  # no end step: the player is still playing
+DURATIONS = slice(DURATION_BASE, DURATION_BASE + MAX_DURATION)
+SEEN_NOTES = 128  # the model's latest notes the narrowings see (steering looks back a bar or two)
 
 
 def pitch_range_narrowing(low: int, high: int) -> MaskNarrowing:
@@ -41,7 +60,7 @@ def pitch_range_narrowing(low: int, high: int) -> MaskNarrowing:
     below = slice(PITCH_BASE, PITCH_BASE + low - PITCH_MIN)
     above = slice(PITCH_BASE + high - PITCH_MIN + 1, PITCH_BASE + PITCH_MAX - PITCH_MIN + 1)
 
-    def narrow(mask: np.ndarray, state: GrammarState, bar: int) -> None:
+    def narrow(mask: np.ndarray, state: GrammarState, bar: int, notes) -> None:
         if state.phase == HAVE_OFFSET:
             mask[below] = False
             mask[above] = False
@@ -57,33 +76,44 @@ class DecisionPoint(NamedTuple):
 
 
 @dataclass
-class Decided:
+class Placed:
+    """A note in the stream since the accompanist began."""
+
     note: Note
     point: int  # index of the decision point just before its tokens
+    player: bool
+    fixed: bool  # it sounded (a player's note always has): a rollback feeds it again
+    provisional: bool = False  # a player's note at its onset: its duration is the model's guess
+    moved_from: int | None = None  # the step it was played at, when placed later
 
 
 @dataclass
 class RollbackStats:
-    count: int = 0
-    seconds: list[float] = field(default_factory=list)  # each rollback and the player's note going in
-    resets: int = 0  # rollbacks deeper than the engine keeps: re-primed from the stream instead
-    moved: int = 0  # player's notes placed at the current step (they arrived after a later step sounded)
+    count: int = 0  # rollbacks that took back tokens
+    seconds: list[float] = field(default_factory=list)  # each player's event into the stream, rollback included
+    redecide_seconds: list[float] = field(default_factory=list)  # player's events and deciding to the lookahead again
+    moved: int = 0  # player's notes placed later than played (they belonged before what the engine keeps)
+    revised: int = 0  # player's notes whose duration was put right at their release
+    unrevised: int = 0  # releases too old to revise: the onset's duration stays
 
 
 class Accompanist:
     """One rolling stream, the model deciding ahead in a pitch range, the player's notes in time order."""
 
     def __init__(self, engine, stream: TokenStream, options: AnswerOptions, pitch_range: tuple[int, int],
-                 rng: np.random.Generator, velocity: int) -> None:
+                 rng: np.random.Generator, velocity: int, steering: PlayerSteering | None = None) -> None:
         self.engine = engine
         self.stream = stream
+        narrowings = (*options.narrowings, pitch_range_narrowing(*pitch_range))
         self.options = AnswerOptions(options.temperature, options.top_p, options.max_note_steps,
-                                     (*options.narrowings, pitch_range_narrowing(*pitch_range)))
+                                     narrowings if steering is None else (*narrowings, steering.narrow))
+        self.steering = steering
         self.rng = rng
         self.velocity = velocity
         self.points: list[DecisionPoint] = []
-        self.floor = 0  # the earliest decision point a rollback may return to
-        self.decided: list[Decided] = []  # model notes decided, not yet fixed, in stream order
+        self.placed: list[Placed] = []  # in stream order
+        self.decided: list[Placed] = []  # the model's notes not yet fixed, in stream order
+        self.model_notes: list[Note] = []  # what the narrowings see: the model's notes in the stream
         self.fixed_step = -1  # notes starting at or before this step are fixed
         self.stats = RollbackStats()
         self.tokens = 0  # sampled
@@ -108,7 +138,7 @@ class Accompanist:
                 self._point()
                 if self.frontier > horizon:
                     break
-            mask = compose_mask(state, stream.last_bar, bar_len, earliest, end, self.options)
+            mask = compose_mask(state, stream.last_bar, bar_len, earliest, end, self.options, self.model_notes)
             token = sample(engine.logits, mask, self.options.temperature, self.options.top_p, self.rng)
             if is_offset(token) and token_value(token) == bar_len and stream.last_bar + bar_len >= end:
                 break  # the bar line at the end: whoever plays next writes it
@@ -118,7 +148,12 @@ class Accompanist:
             if is_duration(token):
                 start, pitch = stream.last_note
                 note = Note(start, pitch, token_value(token), self.velocity)
-                self.decided.append(Decided(note, len(self.points) - 1))
+                placed = Placed(note, len(self.points) - 1, player=False, fixed=False)
+                self.placed.append(placed)
+                self.decided.append(placed)
+                self.model_notes.append(note)
+                if len(self.model_notes) > 2 * SEEN_NOTES:
+                    del self.model_notes[:SEEN_NOTES]
                 new.append(note)
         return new
 
@@ -128,60 +163,148 @@ class Accompanist:
         self.fixed_step = max(self.fixed_step, step)
         fixed: list[Note] = []
         while self.decided and self.decided[0].note.start <= step:
-            decided = self.decided.pop(0)
-            fixed.append(decided.note)
-            self.floor = max(self.floor, decided.point + 1)  # the point right after its tokens
+            placed = self.decided.pop(0)
+            placed.fixed = True
+            fixed.append(placed.note)
         return fixed
 
     # -- the player ---------------------------------------------------------------------
-    def player_note(self, note: Note) -> Note:
-        """Put a player's note into the stream where it belongs (see the module's docstring);
-        returns the note as placed."""
+    def player_onset(self, start: int, pitch: int, velocity: int) -> Note | None:
+        """A key goes down at `start`: the note goes in now, with the duration the model expects
+        (its release puts that right: player_note). Returns the note as placed, or None when the
+        stream has this pitch at this step already (a key struck twice within a step)."""
         began = time.perf_counter()
-        placed = self._placeable(note)
-        back_to = max(i for i in range(self.floor, len(self.points)) if self.points[i].stream.can_take(placed))
-        if back_to < len(self.points) - 1:
-            self._rollback(back_to)
-        tokens = self.stream.note_tokens(placed)
-        self.stream.append(tokens)
-        self.engine.feed(tokens)
-        self._point()
-        self.floor = len(self.points) - 1
+        note = Note(start, pitch, 0, velocity)  # duration 0: the model's guess, when it goes in
+        if self._find(note) is not None:
+            return None
+        placed = self._insert(Placed(note, 0, player=True, fixed=True, provisional=True))
+        if self.steering is not None:
+            self.steering.hear(placed.note)
+        self.stats.seconds.append(time.perf_counter() - began)
+        return placed.note
+
+    def player_note(self, note: Note) -> Note:
+        """A player's note as the listener commits it (released): its onset's note gets its real
+        duration, or, if it had none, it goes in where it belongs. Returns the note as placed."""
+        began = time.perf_counter()
+        note = note._replace(duration=min(note.duration, MAX_DURATION))
+        onset = self._find(note)
+        if onset is None:
+            placed = self._insert(Placed(note, 0, player=True, fixed=True)).note
+            if self.steering is not None:
+                self.steering.hear(placed)
+        elif onset.note.duration == note.duration or not self._revisable(onset):
+            self.stats.unrevised += onset.note.duration != note.duration
+            onset.provisional = False
+            return onset.note
+        else:
+            self.stats.revised += 1
+            placed = self._rebuild(onset.point, [Placed(onset.note._replace(duration=note.duration), 0, True, True)],
+                                   drop=onset).note
         self.stats.seconds.append(time.perf_counter() - began)
         return placed
 
-    def _placeable(self, note: Note) -> Note:
-        """The note, or, when it would go before what is fixed, the note moved to the first step
-        after it (its end kept where it can be)."""
-        floor = self.points[self.floor].stream
-        start = max(note.start, floor.last_bar)
-        if floor.last_note is not None and (start, note.pitch) <= floor.last_note:
-            start = floor.last_note[0] + 1
-        if start == note.start:
-            return note
-        self.stats.moved += 1
-        duration = min(MAX_DURATION, max(1, note.start + note.duration - start))
-        return note._replace(start=start, duration=duration)
+    def entered(self, note: Note) -> bool:
+        """The player's note went in at its onset (its release need not go in again)."""
+        return self._find(note) is not None
 
     def finish(self) -> None:
         """The accompaniment ends: what was decided and not fixed is taken back."""
-        if self.floor < len(self.points) - 1:
-            self._rollback(self.floor, counted=False)
+        if self.decided:
+            self._rebuild(self.decided[0].point, [], counted=False)
 
-    def _rollback(self, index: int, counted: bool = True) -> None:
+    # -- the stream -----------------------------------------------------------------------
+    def _find(self, note: Note) -> Placed | None:
+        """The player's note placed at the onset of `note` (same pitch, same start or moved after it)."""
+        for placed in reversed(self.placed):
+            if placed.player and placed.provisional and placed.note.pitch == note.pitch and placed.note.start >= note.start:
+                if placed.note.start == note.start or placed.moved_from == note.start:
+                    return placed
+            if placed.note.start < note.start - MAX_DURATION:
+                return None
+        return None
+
+    def _reach(self) -> int:
+        """The earliest decision point the engine can still return to."""
+        limit = self.engine.rollback_limit()
+        index = len(self.points) - 1
+        while index > 0 and self.points[index - 1].engine_position >= limit:
+            index -= 1
+        return index
+
+    def _revisable(self, placed: Placed) -> bool:
+        return placed.point >= self._reach()
+
+    def _insert(self, placed: Placed) -> Placed:
+        """Put a player's note in where it belongs, or, when that is before what the engine keeps,
+        at the first step after it."""
+        reach = self._reach()
+        index = self._latest_point_taking(placed.note, reach)
+        if index is None:
+            self.stats.moved += 1
+            floor = self.points[reach].stream
+            start = max(placed.note.start, floor.last_bar)
+            if floor.last_note is not None and (start, placed.note.pitch) <= floor.last_note:
+                start = floor.last_note[0] + 1
+            end = placed.note.start + placed.note.duration
+            placed.moved_from = placed.note.start
+            placed.note = placed.note._replace(start=start, duration=min(MAX_DURATION, max(1, end - start)))
+            index = self._latest_point_taking(placed.note, reach)
+        return self._rebuild(index, [placed])
+
+    def _latest_point_taking(self, note: Note, reach: int) -> int | None:
+        for index in range(len(self.points) - 1, reach - 1, -1):
+            if self.points[index].stream.can_take(note):
+                return index
+        return None
+
+    def _rebuild(self, index: int, new: list[Placed], drop: Placed | None = None, counted: bool = True) -> Placed | None:
+        """Roll back to decision point `index` and feed again what sounded after it, with `new`
+        in its place and without `drop`; the rest (decided, not sounded) is taken back. Returns
+        the (last) new note as placed."""
+        first = len(self.placed)
+        while first > 0 and self.placed[first - 1].point >= index:
+            first -= 1
+        kept = [p for p in self.placed[first:] if p.fixed and p is not drop] + new
+        kept.sort(key=lambda p: (p.note.start, p.note.pitch, not p.player))
         point = self.points[index]
-        self.stream.rewind(point.stream)
-        if point.engine_position >= self.engine.rollback_limit():
+        if self.stream.count != point.stream.count:
+            self.stream.rewind(point.stream)
             self.engine.rollback(point.engine_position)
-        else:
-            self.engine.reset(list(self.stream.tokens))
-            self.stats.resets += 1
-            for i, kept in enumerate(self.points[: index + 1]):  # positions now count from the reset
-                self.points[i] = kept._replace(engine_position=self.engine.position - (point.stream.count - kept.stream.count))
+            if counted:
+                self.stats.count += 1
         del self.points[index + 1:]
-        self.decided = [d for d in self.decided if d.point < index]
-        if counted:
-            self.stats.count += 1
+        del self.placed[first:]
+        self.decided = [p for p in self.decided if p.point < index]
+        self.model_notes = [p.note for p in self.placed[-SEEN_NOTES:] if not p.player]
+        seen = set()
+        for placed in kept:
+            if (placed.note.start, placed.note.pitch) in seen:
+                continue  # a model's note the player struck too: the player's is the one in the stream
+            seen.add((placed.note.start, placed.note.pitch))
+            self._append(placed)
+        return new[-1] if new else None
+
+    def _append(self, placed: Placed) -> None:
+        note = placed.note
+        tokens = self.stream.note_tokens(note)
+        if note.duration == 0:  # a player's onset, going in for the first time: the model guesses how long
+            tokens = tokens[:-1]
+            self.stream.append(tokens)
+            logits = self.engine.feed(tokens)
+            mask = next_mask(self.stream.state)[DURATIONS]
+            duration = int(np.argmax(np.where(mask, logits[DURATIONS], -np.inf))) + 1
+            placed.note = note = note._replace(duration=duration)
+            self.stream.append([duration_token(duration)])
+            self.engine.feed([duration_token(duration)])
+        else:
+            self.stream.append(tokens)
+            self.engine.feed(tokens)
+        placed.point = len(self.points) - 1
+        self.placed.append(placed)
+        if not placed.player:
+            self.model_notes.append(note)
+        self._point()
 
     def _point(self) -> None:
         """Record the decision point here (once per stream position)."""

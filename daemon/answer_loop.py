@@ -16,7 +16,7 @@ of `AnswerOptions.narrowings` in order.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,9 +28,10 @@ from daemon.sampling import sample
 
 DEFAULT_VELOCITY = 80
 
-# (mask, grammar state, step of the last bar line) -> None: narrows the mask in place. It must
-# leave some token allowed; it should never forbid the bar line, which is how an answer ends.
-MaskNarrowing = Callable[[np.ndarray, GrammarState, int], None]
+# (mask, grammar state, step of the last bar line, the answer's notes so far) -> None: narrows
+# the mask in place. It must leave some token allowed; it should never forbid the bar line, which
+# is how an answer ends.
+MaskNarrowing = Callable[[np.ndarray, GrammarState, int, Sequence[Note]], None]
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,11 @@ def answer_mask(state: GrammarState, bar: int, steps_per_bar: int, earliest: int
 
 
 def compose_mask(state: GrammarState, bar: int, steps_per_bar: int, earliest: int, end: int,
-                 options: AnswerOptions) -> np.ndarray:
-    """Every restriction on the next answer token, in one place."""
+                 options: AnswerOptions, notes: Sequence[Note] = ()) -> np.ndarray:
+    """Every restriction on the next answer token, in one place (`notes`: the answer's so far)."""
     mask = answer_mask(state, bar, steps_per_bar, earliest, end, options.max_note_steps)
     for narrow in options.narrowings:
-        narrow(mask, state, bar)
+        narrow(mask, state, bar, notes)
     return mask
 
 
@@ -124,13 +125,14 @@ def generate_answer(engine, stream: TokenStream, start: int, end: int, options: 
         engine.feed(pending)
     answer.busy_s += time.perf_counter() - began
     bar_len = stream.steps_per_bar
+    played: list[Note] = []  # the narrowings' view of the answer so far
     while not pacing.stopped():
         state = stream.state
         if state.phase == NEED_OFFSET and pacing.wait_ahead(stream):
             continue
         earliest = pacing.earliest(start)
         begun = time.perf_counter()
-        mask = compose_mask(state, stream.last_bar, bar_len, earliest, end, options)
+        mask = compose_mask(state, stream.last_bar, bar_len, earliest, end, options, played)
         token = sample(engine.logits, mask, options.temperature, options.top_p, rng)
         if is_offset(token) and token_value(token) == bar_len and stream.last_bar + bar_len >= end:
             break  # the bar line that ends the answer: the next phrase writes it
@@ -145,6 +147,7 @@ def generate_answer(engine, stream: TokenStream, start: int, end: int, options: 
             last = stream.last_note
             note = Note(last[0], last[1], token_value(token), velocity)
             answer.notes.append((note, pending))
+            played.append(note)
             pacing.note(note, pending)
             pending = []
     answer.tail = pending

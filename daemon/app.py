@@ -5,7 +5,7 @@ retrying), log one line when ready and tell systemd. SIGTERM/SIGINT release ever
 and exit 0; SIGHUP re-reads the config and applies what changed without dropping the MIDI
 connections that did not change; a bad new config is rejected with its message and the old one
 kept. The MQTT bridge and other observers use state(), apply_setting(), command() and
-add_listener().
+add_listener(); the requests are handled by daemon/control_surface.py.
 """
 
 from __future__ import annotations
@@ -20,47 +20,65 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+import mido
 import torch
 
-from daemon import sdnotify
+from daemon import sdnotify, startup_signals
 from daemon.clock import check_loop_clock, now
-from daemon.config import LIVE_SETTINGS, SECTIONS, ConfigError, Settings, load_settings, with_setting
+from daemon.config import (
+    LIVE_SETTINGS,
+    SECTIONS,
+    ConfigError,
+    Settings,
+    load_settings,
+    mqtt_password,
+)
+from daemon.control_surface import ControlSurface, check_weights, load_engine, weights_cycle
+from daemon.controls import Controls
+from daemon.discovery import DISCOVERY_CHANGED
 from daemon.engine import Engine
 from daemon.jam import JamSession, Phase
 from daemon.midi_link import MidiLink
-from daemon.paths import weights_folder
+from daemon.mqtt_link import MqttLink
+from daemon.paths import default_takes_folder, state_folder, weights_folder
 from daemon.port_contract import Ports, PortsFactory
-from daemon.weights import WeightsError, read_config
+from daemon.takes import TakeRecorder
 
 log = logging.getLogger("antiphon")
 
 PORT_KEYS = ("api", "input", "output", "virtual", "client_name")
 ENGINE_KEYS = ("weights", "device", "precision", "kernel")  # [model] settings a new engine is loaded for
+CONTROL_MESSAGES = ("control_change", "program_change")
+NOTE_MESSAGES = ("note_on", "note_off")
 # While inference runs in its worker thread, the loop must get the GIL back quickly.
 SWITCH_INTERVAL_S = 0.0005
+STATE_NAMES = {"mode": "jam_mode"}  # a live setting shown under another name: "mode" is the daemon's state
+
+
+def kept_state_folder() -> Path | None:
+    """The state folder, or None (logged) where there is none: learned controls then last until exit."""
+    try:
+        return state_folder()
+    except OSError as error:
+        log.warning("no state folder: %s", error)
+        return None
+
+
+def open_takes(settings: Settings) -> TakeRecorder | None:
+    """The take recorder for [takes], or None when off or when its folder cannot be made (logged)."""
+    takes = settings.takes
+    if not takes.dir:
+        return None
+    folder = default_takes_folder() if takes.dir == "auto" else Path(takes.dir).expanduser()
+    try:
+        return TakeRecorder(folder, takes.max_files, int(takes.max_mb * 1e6), settings.jam.echo_window_ms / 1000)
+    except OSError as error:
+        log.warning("takes are not kept: cannot use %s (%s)", folder, error.strerror or error)
+        return None
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why (no traceback)."""
-
-
-def check_weights(weights: str) -> tuple[Path, str]:
-    """(folder, model kind) of a usable weights folder; raises ValueError naming what is wrong."""
-    folder = weights_folder(weights)
-    try:
-        config, _ = read_config(folder)
-    except WeightsError as error:
-        raise ValueError(str(error)) from None
-    return folder, config.kind
-
-
-def load_engine(weights: str, device: str, precision: str, kernel: str) -> Engine:
-    """The engine for these settings; raises ValueError naming what is wrong."""
-    folder, _ = check_weights(weights)
-    try:
-        return Engine.load(folder, None if device == "auto" else device, precision=precision, kernel=kernel)
-    except WeightsError as error:
-        raise ValueError(str(error)) from None
 
 
 def changed_settings(old: Settings, new: Settings) -> list[str]:
@@ -71,7 +89,7 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
         for spec in fields(before):
             a, b = getattr(before, spec.name), getattr(after, spec.name)
             if a != b:
-                shown = "(changed)" if spec.name == "password" else f"{a!r} -> {b!r}"
+                shown = "(changed)" if spec.name in ("password", "password_file") else f"{a!r} -> {b!r}"
                 changes.append(f"{section}.{spec.name} {shown}")
     return changes
 
@@ -93,6 +111,7 @@ class JamApp:
         config_path: str | None = None,
         overrides: dict | None = None,
         ports_factory: PortsFactory | None = None,
+        preset: str = "",
     ) -> None:
         self.settings = settings
         self.config_path = config_path
@@ -104,9 +123,13 @@ class JamApp:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._mqtt: asyncio.Task | None = None
-        self._swap: asyncio.Task | None = None
+        self.mqtt = MqttLink(self, lambda: self.settings.mqtt)
         self._status = ""
+        self.controls: Controls | None = None
+        self.takes: TakeRecorder | None = None
+        self.last_latency_ms: float | None = None  # the last answer's response latency
+        self._reload_when_ready = False  # a SIGHUP came while starting
+        self.surface = ControlSurface(self, preset)
 
     @property
     def ports(self) -> Ports | None:
@@ -118,20 +141,22 @@ class JamApp:
         folder = weights_folder(s.model.weights)
         engine = self.session.answerer.engine if self.session else None
         return {
+            # every live setting as set; weights and bpm as in use, below
+            **{STATE_NAMES.get(name, name): getattr(getattr(s, live.section), name) for name, live in LIVE_SETTINGS.items()},
             "mode": self.mode,
-            "weights": {"path": str(folder), "kind": engine.kind if engine else "",
+            "weights": {"name": s.model.weights, "path": str(folder), "kind": engine.kind if engine else "",
                         "precision": engine.precision if engine else s.model.precision,
                         "kernel": engine.kernel if engine else s.model.kernel},
-            "temperature": s.jam.temperature,
-            "top_p": s.jam.top_p,
-            "bpm": round(self.session.timeline.grid.bpm, 2) if self.session and self.session.timeline.clock_present(now())
-            else s.tempo.bpm,
+            "bpm": self._tempo(),
+            "tempo_source": self.session.timeline.source if self.session else "fixed",
             "meter": s.tempo.meter,
-            "answer_bars": s.jam.answer_bars,
-            "jam_mode": s.jam.mode,
-            "accompany_range": s.jam.accompany_range,
             "ports": self.midi.status(),
             "paused": bool(self.session and self.session.paused),
+            "preset": self.surface.preset,
+            "last_latency_ms": self.last_latency_ms,
+            "controls": self.controls.map() if self.controls else {},
+            "input": {"malformed": self.ports.malformed if self.ports else 0,
+                      "dropped": self.ports.dropped if self.ports else 0},
         }
 
     @property
@@ -146,33 +171,21 @@ class JamApp:
             return "accompanying"
         return "listening"
 
+    # The requests themselves are the surface's (daemon/control_surface.py).
     def apply_setting(self, name: str, value: Any) -> asyncio.Task | None:
-        """Change one live setting (config.LIVE_SETTINGS); ValueError (changing nothing) on a bad name or value.
-
-        A weights change is checked at once and loaded in a worker thread; the returned task
-        finishes when the new model answers (or raises ValueError if it cannot be loaded)."""
-        if name == "weights":
-            if not isinstance(value, str) or not value:
-                raise ValueError("weights must be 'transformer', 'lstm' or a weights folder")
-            check_weights(value)
-            return self._start_swap(value)
-        if name not in LIVE_SETTINGS:
-            raise ValueError(f"unknown setting {name!r}; known: {', '.join(LIVE_SETTINGS)}")
-        self._use(with_setting(self.settings, LIVE_SETTINGS[name].section, name, value))
-        return None
+        return self.surface.apply_setting(name, value)
 
     def command(self, action: str) -> None:
-        if self.session is None:
-            raise ValueError("the daemon is still starting")
-        if action == "pause":
-            self.session.pause()
-        elif action == "resume":
-            self.session.resume()
-        elif action == "panic":
-            self.session.panic()
-        else:
-            raise ValueError(f"unknown action {action!r}; known: pause, resume, panic")
-        self._emit({"type": "state"})
+        self.surface.command(action)
+
+    def learn(self, name: str) -> None:
+        self.surface.learn(name)
+
+    def select_preset(self, name: str) -> asyncio.Task | None:
+        return self.surface.select_preset(name)
+
+    def discovery_options(self) -> tuple[list[str], list[str]]:
+        return self.surface.discovery_options()
 
     def add_listener(self, callback: Callable[[dict], None]) -> None:
         self.listeners.append(callback)
@@ -184,8 +197,11 @@ class JamApp:
     async def run(self) -> int:
         self.loop = loop = asyncio.get_running_loop()
         check_loop_clock(loop)
-        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
+        handlers = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop, signal.SIGHUP: self.reload}
+        for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
+        for sig in startup_signals.taken():  # those that came while the process started
+            handlers[sig]()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         torch.set_num_threads(self.settings.model.threads)
         sdnotify.notify(f"STATUS=loading weights {self.settings.model.weights}")
@@ -198,10 +214,14 @@ class JamApp:
         if self._stop.is_set():  # SIGTERM while loading
             self._remove_signal_handlers()
             return 0
-        self.session = JamSession(loop, self.settings, engine, self.midi.send, self._emit)
-        self.midi.start(loop, self.settings.midi, self.session.receive)
+        self.takes = open_takes(self.settings)
+        self.session = JamSession(loop, self.settings, engine, self._send, self.emit)
+        self.controls = Controls(self.surface, self.emit, self.settings.controls, kept_state_folder())
+        self.midi.start(loop, self.settings.midi, self._receive)
+        if self.midi.available:
+            self.session.silence_output()
         self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
-        self._start_mqtt()
+        self.mqtt.start()
         await asyncio.wrap_future(self.session.answerer.idle())  # engine primed
         # Everything alive now (torch, the model, the ports) lives as long as the daemon: out of
         # the collector's sight, a full collection no longer stalls the loop for tens of ms.
@@ -209,6 +229,8 @@ class JamApp:
         log_ready(self.settings, self.midi.where(), self.session.answerer.engine)
         self.ready.set()
         sdnotify.notify("READY=1", f"STATUS={self.mode}")
+        if self._reload_when_ready:
+            self.reload()
         try:
             await self._stop.wait()
         finally:
@@ -222,10 +244,12 @@ class JamApp:
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         if self.session is not None:
             self.session.close()
-        for task in [*self._tasks, *(t for t in (self._swap,) if t)]:
+        if self.takes is not None:
+            self.takes.close(self._tempo(), self.settings.tempo.meter)
+        self.surface.cancel_swap()
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, self.midi.stop_watching(), *(self._stop_mqtt(self._mqtt),) if self._mqtt else (),
-                             return_exceptions=True)
+        await asyncio.gather(*self._tasks, self.midi.stop_watching(), self.mqtt.stop(), return_exceptions=True)
         self.midi.close()
         self._remove_signal_handlers()
         log.info("stopped; nothing left sounding")
@@ -237,10 +261,12 @@ class JamApp:
     def reload(self) -> None:
         """SIGHUP: the config file again (with the same flags on top)."""
         if self.session is None:
-            log.warning("SIGHUP while starting up: ignored (the config was just read)")
+            log.info("SIGHUP while starting up: the config is read again once started")
+            self._reload_when_ready = True
             return
         try:
             settings = load_settings(self.config_path, self.overrides)
+            mqtt_password(settings.mqtt)
             if settings.model.weights != self.settings.model.weights:
                 check_weights(settings.model.weights)
         except (ConfigError, ValueError) as error:
@@ -248,77 +274,74 @@ class JamApp:
             return
         old = self.settings
         changes = changed_settings(old, settings)
-        self._use(settings)
+        self.use_settings(settings)
+        self.controls.configure(settings.controls)
+        if settings.takes != old.takes:
+            if self.takes is not None:
+                self.takes.close(self._tempo(), old.tempo.meter)
+            self.takes = open_takes(settings)
         if any(getattr(settings.model, k) != getattr(old.model, k) for k in ENGINE_KEYS):
-            self._start_swap(settings.model.weights)
+            self.surface.start_swap(settings.model.weights)
         if any(getattr(settings.midi, k) != getattr(old.midi, k) for k in PORT_KEYS):
             self._reopen_ports(settings)
+        if settings.presets != old.presets or settings.model.weights != old.model.weights:
+            self.surface.weights_cycle = weights_cycle(settings.model.weights)
+            self.emit({"type": DISCOVERY_CHANGED})  # Home Assistant's selects offer the new options
         if settings.mqtt != old.mqtt:
-            # Until the new bridge runs, the restart is the task to cancel on shutdown.
-            self._mqtt = self.loop.create_task(self._restart_mqtt(self._mqtt), name="mqtt-restart")
+            self.mqtt.restart(old.mqtt, settings.mqtt)
         logging.getLogger().setLevel(settings.log.level.upper())
         log.info("config reloaded from %s: %s", settings.source, ", ".join(changes) or "nothing changed")
 
     # -- internals --------------------------------------------------------------------
-    def _use(self, settings: Settings) -> None:
+    def _receive(self, message: mido.Message, arrived: float) -> None:
+        channel = self.settings.midi.input_channel
+        listened = not channel or getattr(message, "channel", None) == channel - 1
+        if listened and message.type in NOTE_MESSAGES and self.takes is not None:
+            self.takes.player(message, arrived - self.settings.jam.input_latency_ms / 1000)
+        elif listened and message.type in CONTROL_MESSAGES:
+            self.controls.receive(message)
+        self.session.receive(message, arrived)
+
+    def _send(self, message: mido.Message) -> None:
+        self.midi.send(message)
+        if self.takes is not None and message.type in NOTE_MESSAGES:
+            self.takes.model(message, now(), kept=message.channel != self.settings.tempo.click_channel - 1)
+
+    def _tempo(self) -> float:
+        """The tempo in use: an external clock's, the one read from the player or tapped, else the setting."""
+        if self.session is not None:
+            return round(self.session.timeline.grid.bpm, 2)
+        return self.settings.tempo.bpm
+
+    def use_settings(self, settings: Settings) -> None:
         # The weights in use change only once a swap has loaded them.
         self.settings = replace(settings, model=replace(settings.model, weights=self.settings.model.weights))
         if self.session is not None:
             self.session.update_settings(self.settings)
-        self._emit({"type": "state"})
-
-    def _start_swap(self, weights: str) -> asyncio.Task:
-        async def swap() -> None:
-            model = self.settings.model
-            engine = await asyncio.to_thread(load_engine, weights, model.device, model.precision, model.kernel)
-            await asyncio.wrap_future(self.session.swap_engine(engine))
-            self.settings = replace(self.settings, model=replace(self.settings.model, weights=weights))
-            log.info("weights now %s (%s)", weights_folder(weights), engine.kind)
-            self._emit({"type": "state"})
-
-        if self._swap is not None and not self._swap.done():
-            self._swap.cancel()
-        self._swap = asyncio.get_running_loop().create_task(swap(), name="weights")
-        self._swap.add_done_callback(self._swap_done)
-        return self._swap
-
-    @staticmethod
-    def _swap_done(task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("weights not changed: %s", task.exception())
+        self.emit({"type": "state"})
 
     def _reopen_ports(self, settings: Settings) -> None:
         self.session.panic()
         self.midi.restart(self.loop, settings.midi)
-        self._emit({"type": "state"})
-
-    async def _restart_mqtt(self, previous: asyncio.Task | None) -> None:
-        # The old connection says "offline" before the new one says "online" (same broker and
-        # prefix: the other order would leave "offline" retained).
-        if previous is not None:
-            await self._stop_mqtt(previous)
-        self._start_mqtt()
-
-    @staticmethod
-    async def _stop_mqtt(task: asyncio.Task) -> None:
-        from daemon.mqtt import stop_bridge
-
-        await stop_bridge(task)
-
-    def _start_mqtt(self) -> None:
-        if not self.settings.mqtt.host:
-            return
-        from daemon.mqtt import MqttBridge
-
-        self._mqtt = self.loop.create_task(MqttBridge(self, self.settings.mqtt).run(), name="mqtt")
+        if self.midi.available:
+            self.session.silence_output()
+        self.emit({"type": "state"})
 
     def _port_event(self, event: dict) -> None:
         if event["type"] in ("port_lost", "midi_lost") and self.session is not None:
             self.session.panic()
-        self._emit(event)
-        self._emit({"type": "state"})
+        if event["type"] == "midi_available" or (event["type"] in ("port_regained", "connection_restored")
+                                                 and event["port"] == "output"):
+            self.session.silence_output()
+        self.emit(event)
+        self.emit({"type": "state"})
 
-    def _emit(self, event: dict) -> None:
+    def emit(self, event: dict) -> None:
+        if event["type"] == "answer_finished":
+            self.last_latency_ms = event.get("latency_ms")
+            take = self.takes.flush(self._tempo(), self.settings.tempo.meter) if self.takes is not None else None
+            if take is not None:
+                event["take"] = str(take)
         if event["type"] == "state":
             status = f"STATUS={self.mode}"
             if status != self._status:

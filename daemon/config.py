@@ -1,6 +1,7 @@
 """Every setting of the daemon: one TOML file, each key also a command-line flag.
 
-The file has one table per section ([midi], [tempo], [jam], [model], [mqtt], [log]); flags
+The file has one table per section ([midi], [tempo], [jam], [model], [mqtt], [takes], [log],
+and the named tables [controls] and [presets.NAME]); flags
 override the file. Each setting is declared once below (default, check, what is allowed,
 help, flag, and whether it can change while the daemon runs, with its MQTT names); the TOML
 reader, the flags of every command, the settings the app and MQTT change at run time
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from daemon.keys import parse_key
+
 APP_NAME = "antiphon"
 
 
@@ -31,10 +34,11 @@ Check = Callable[[Any], Any]
 
 
 def _setting(
-    default: Any, check: Check, allowed: str, help: str, flag: str | None = None,
+    default: Any, check: Check, allowed: str, help: str, flag: str | None | bool = None,
     live: bool = False, mqtt: tuple[str, ...] = (),
 ) -> Any:
-    """live: changeable while the daemon runs (JamApp.apply_setting, MQTT <prefix>/set/<name>);
+    """flag: its name (None: derived from the key; False: none, the file only);
+    live: changeable while the daemon runs (JamApp.apply_setting, MQTT <prefix>/set/<name>);
     mqtt: other names MQTT accepts for it."""
     metadata = {"check": check, "allowed": allowed, "help": help, "flag": flag, "live": live, "mqtt": mqtt}
     return field(default=default, metadata=metadata)
@@ -64,6 +68,7 @@ def number(low: float, high: float, integer: bool = False) -> Check:
             raise ValueError("out of range")
         return value
 
+    check.bounds = (low, high)  # a knob's range ([controls]) is the allowed one unless narrowed
     return check
 
 
@@ -73,6 +78,7 @@ def choice(*options: str) -> Check:
             raise ValueError("not one of the choices")
         return value
 
+    check.options = options  # what a select offers (Home Assistant discovery)
     return check
 
 
@@ -109,6 +115,15 @@ def meter(value: Any) -> str:
     return value
 
 
+def key_setting(value: Any) -> str:
+    """"auto" (the call's key), "off" or a key parse_key reads, e.g. "F# minor"."""
+    if value in ("auto", "off"):
+        return value
+    try:
+        parse_key(text(value))
+    except ValueError:
+        raise ValueError("not a key") from None
+    return value
 def parse_pitch_range(value: Any) -> tuple[int, int]:
     """"LO-HI" MIDI pitches within the piano's 21..108, LO <= HI -> (LO, HI); ValueError saying why."""
     low, dash, high = text(value).strip().partition("-")
@@ -159,6 +174,20 @@ class TempoSettings:
                           live=True, mqtt=("tempo",))
     meter: str = _setting("4/4", meter, "n/d with d in 2,4,8,16 and a bar of at most 31 sixteenths", "time signature")
     follow_clock: bool = _setting(True, boolean, "true or false", "follow an external MIDI clock when present")
+    tempo_mode: str = _setting("fixed", choice("fixed", "follow"), "fixed or follow",
+                               "fixed: calls are read at bpm; follow: each call's tempo and beat one are read from "
+                               "its onsets (a MIDI clock still wins)", "--tempo-mode", live=True, mqtt=("tempo-mode",))
+    tap_cc: int = _setting(-1, number(-1, 127, True), "-1 (off) or a controller 0..127",
+                           "controller tapped 3+ times to set the tempo (median interval; the last tap is beat one)")
+    count_in_cc: int = _setting(-1, number(-1, 127, True), "-1 (off) or a controller 0..127",
+                                "controller that asks for a one-bar count-in (as the MQTT cmd/count-in does)")
+    click: str = _setting("off", choice("off", "count-in", "always"), "off, count-in or always",
+                          "off: clicks only for a count-in asked for; count-in: also a bar of clicks before each "
+                          "answer; always: a metronome on every beat from a call's first note until a pause or panic",
+                          live=True)
+    click_channel: int = _setting(10, number(1, 16, True), "1..16", "channel of the clicks (10: GM drums)")
+    click_accent_note: int = _setting(76, number(0, 127, True), "0..127", "click on beat one (76: high wood block)")
+    click_note: int = _setting(77, number(0, 127, True), "0..127", "click on the other beats (77: low wood block)")
 
 
 @dataclass(frozen=True)
@@ -187,6 +216,17 @@ class JamSettings:
                                     "how far ahead of playback the answer is generated, in sixteenths")
     echo_window_ms: float = _setting(100.0, number(0, 1000), "0..1000",
                                      "an input note this soon after the same output note is our own echo")
+    # Steering (daemon/steering.py); what each does to the answer is measured in the README.
+    key: str = _setting("off", key_setting, "auto (the call's), off or a key like \"C major\", \"F# minor\", \"Bbm\"",
+                        "hold the answer's pitches to a scale (a few chromatic notes allowed): the call's, none, or one",
+                        live=True)
+    register: str = _setting("free", choice("follow", "free"), "follow or free",
+                             "keep the answer's pitches within the call's range widened by 7 semitones", live=True)
+    clashes: str = _setting("follow", choice("follow", "free"), "follow or free",
+                            "follow: no answer note a semitone against a sounding answer note unless the call has such",
+                            live=True)
+    density: str | float = _setting(1.5, either("free", number(1, 4)), "free or 1..4",
+                                    "the most notes an answer plays in a bar, as a multiple of the call's notes per bar")
     barge_in: bool = _setting(True, boolean, "true or false", "stop the answer when the player plays "
                               "(answer mode only)")
     mode: str = _setting("answer", choice("answer", "accompany"), "answer or accompany",
@@ -195,6 +235,10 @@ class JamSettings:
     accompany_range: str = _setting("21-59", pitch_range, "LO-HI, MIDI pitches within 21-108",
                                     "the pitches the model plays in accompany mode", "--accompany-range",
                                     live=True, mqtt=("accompany-range",))
+    accompany_lookahead_steps: int = _setting(2, number(1, 16, True), "1..16",
+                                              "in accompany mode, how far ahead of playback the model decides, "
+                                              "in sixteenths (a player's note re-decides what it lands before)",
+                                              "--accompany-lookahead")
     accompany_tail_bars: int = _setting(1, number(1, 8, True), "1..8",
                                         "in accompany mode, the bars the model finishes after the player stops "
                                         "(1: the bar it is in)", live=True, mqtt=("accompany-tail-bars",))
@@ -223,16 +267,51 @@ class MqttSettings:
     port: int = _setting(1883, number(1, 65535, True), "1..65535", "MQTT broker port", "--mqtt-port")
     client_id: str = _setting("", text, "a string", "MQTT client id (empty: generated)")
     username: str = _setting("", text, "a string", "MQTT user name")
-    password: str = _setting("", text, "a string", "MQTT password")
+    # No flags: a command line is visible to every user (ps), and --mqtt-password would abbreviate the file's.
+    password: str = _setting("", text, "a string", "MQTT password", flag=False)
+    password_file: str = _setting("", text, "a file path or empty; relative: in $CREDENTIALS_DIRECTORY (systemd's "
+                                  "LoadCredential=)", "file whose first line is the MQTT password", flag=False)
     tls_ca: str = _setting("", text, "a file path or empty", "CA certificate file (enables TLS)")
     tls_cert: str = _setting("", text, "a file path or empty", "client certificate file")
     tls_key: str = _setting("", text, "a file path or empty", "client key file")
     prefix: str = _setting("", topic_prefix, "a topic prefix (empty: antiphon/<hostname>)", "MQTT topic prefix",
                            "--mqtt-prefix")
+    discovery_prefix: str = _setting("homeassistant", topic_prefix, "a topic prefix or empty (off: the documents are "
+                                     "removed)", "Home Assistant MQTT discovery prefix")
 
     def __post_init__(self) -> None:
         if not self.prefix:
             object.__setattr__(self, "prefix", default_mqtt_prefix())
+
+
+def mqtt_password(mqtt: MqttSettings) -> str:
+    """The broker password: [mqtt] password, or the first line of password_file (never a flag, where
+    `ps` would show it). A relative password_file is a systemd credential (LoadCredential=). Raises
+    ConfigError naming the file and what is wrong."""
+    if not mqtt.password_file:
+        return mqtt.password
+    if mqtt.password:
+        raise ConfigError("[mqtt] password and password_file are both set; keep one")
+    path = Path(mqtt.password_file).expanduser()
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and credentials:
+        path = Path(credentials) / path
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"[mqtt] password_file {str(path)!r} cannot be read ({getattr(error, 'strerror', None) or error})"
+                          ) from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"[mqtt] password_file {str(path)!r} is empty")
+    return lines[0]
+
+
+@dataclass(frozen=True)
+class TakesSettings:
+    dir: str = _setting("auto", text, "auto ($STATE_DIRECTORY/takes under systemd, else ~/.local/share/antiphon/takes), "
+                        "a folder, or empty (off)", "folder every take is written to as MIDI files", "--takes-dir")
+    max_files: int = _setting(500, number(1, 100000, True), "1..100000", "takes kept; the oldest go first")
+    max_mb: float = _setting(200.0, number(0.1, 100000), "0.1..100000", "megabytes of takes kept; the oldest go first")
 
 
 @dataclass(frozen=True)
@@ -247,6 +326,7 @@ SECTIONS: dict[str, type] = {
     "jam": JamSettings,
     "model": ModelSettings,
     "mqtt": MqttSettings,
+    "takes": TakesSettings,
     "log": LogSettings,
 }
 # The settings of every command that runs a model (run, generate, demo): the same flags, checks
@@ -256,7 +336,25 @@ MODEL_AND_SAMPLING: frozenset[tuple[str, str]] = frozenset({
     ("jam", "temperature"), ("jam", "top_p"), ("jam", "seed"), ("tempo", "bpm"),
 })
 # TOML spells the ports "in"/"out" like the flags; "in" is a Python keyword, hence the renaming.
-KEY_ALIASES = {("midi", "in"): "input", ("midi", "out"): "output"}
+KEY_ALIASES = {("midi", "in"): "input", ("midi", "out"): "output", ("tempo", "mode"): "tempo_mode"}
+
+
+@dataclass(frozen=True)
+class ControlBinding:
+    """[controls]: a controller that moves a live setting (within low..high) or fires an action."""
+
+    target: str  # a live setting's name or one of CONTROL_ACTIONS
+    cc: int
+    low: float | None = None  # a setting's knob range; None for an action
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """[presets.NAME]: live settings applied together, {setting name: checked value}."""
+
+    name: str
+    values: tuple[tuple[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -266,7 +364,10 @@ class Settings:
     jam: JamSettings = field(default_factory=JamSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    takes: TakesSettings = field(default_factory=TakesSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    controls: tuple[ControlBinding, ...] = ()
+    presets: tuple[Preset, ...] = ()
     source: str = "defaults"
 
     @property
@@ -296,6 +397,109 @@ def _live_settings() -> dict[str, LiveSetting]:
 
 
 LIVE_SETTINGS: dict[str, LiveSetting] = _live_settings()
+# What a controller can fire ([controls], MIDI learn) when it crosses the middle upwards.
+CONTROL_ACTIONS = ("pause", "resume", "panic", "next-weights", "count-in")
+# Tables of names (rather than of the fixed keys of a section) and the TOML tables they come from.
+NAMED_TABLES = ("controls", "presets")
+MIDDLE = 64  # an action fires when its controller crosses this upwards
+
+
+def live_setting_named(name: str) -> LiveSetting | None:
+    """A live setting by its name or one of its other (MQTT) names."""
+    return LIVE_SETTINGS.get(name) or next((s for s in LIVE_SETTINGS.values() if name in s.aliases), None)
+
+
+def setting_bounds(setting: LiveSetting) -> tuple[float, float] | None:
+    """The allowed range of a numeric live setting (None for a text one: the weights)."""
+    return getattr(_spec(setting.section, setting.name).metadata["check"], "bounds", None)
+
+
+def setting_choices(setting: LiveSetting) -> tuple[str, ...] | None:
+    """The words a live setting allows when it is a choice (None otherwise)."""
+    return getattr(_spec(setting.section, setting.name).metadata["check"], "options", None)
+
+
+def _spec(section: str, name: str) -> Any:
+    return {f.name: f for f in fields(SECTIONS[section])}[name]
+
+
+def _controller(source: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 127:
+        raise ConfigError(f"{source}: [controls] {key} = {value!r} is not a controller number; allowed: 0..127")
+    if value == MIDDLE:
+        raise ConfigError(f"{source}: [controls] {key} = {value} is the sustain pedal's controller")
+    return value
+
+
+def controls_from(table: Any, source: str, handover_cc: int = -1) -> tuple[ControlBinding, ...]:
+    """[controls]: `name = CC` or `name = {cc = CC, min = LOW, max = HIGH}`; name a knob-able live
+    setting (a numeric one) or an action. One controller does one thing."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: controls must be a table [controls]")
+    knobs = [name for name, s in LIVE_SETTINGS.items() if s.type is not str]
+    bindings, owners = [], {}
+    for key, value in table.items():
+        setting = live_setting_named(key)
+        if key not in CONTROL_ACTIONS and (setting is None or setting.type is str):
+            raise ConfigError(f"{source}: [controls] {key} is neither a setting a knob can move ({', '.join(knobs)}) "
+                              f"nor an action ({', '.join(CONTROL_ACTIONS)})")
+        low = high = None
+        if isinstance(value, dict):
+            stray = sorted(set(value) - {"cc", "min", "max"})
+            if stray or "cc" not in value:
+                raise ConfigError(f"{source}: [controls] {key} = {value!r}: an inline table needs cc and may have "
+                                  f"min and max (found {', '.join(stray) or 'no cc'})")
+            if setting is None and ("min" in value or "max" in value):
+                raise ConfigError(f"{source}: [controls] {key}: an action has no min or max")
+            cc = _controller(source, key, value["cc"])
+            if setting is not None:
+                spec = _spec(setting.section, setting.name)
+                low, high = setting_bounds(setting)
+                low = _checked(f"{source}: [controls] {key} min", setting.section, spec, value.get("min", low))
+                high = _checked(f"{source}: [controls] {key} max", setting.section, spec, value.get("max", high))
+        else:
+            cc = _controller(source, key, value)
+            if setting is not None:
+                low, high = setting_bounds(setting)
+        if cc in owners:
+            raise ConfigError(f"{source}: [controls] {key} and {owners[cc]} both use controller {cc}")
+        if cc == handover_cc:
+            raise ConfigError(f"{source}: [controls] {key} uses controller {cc}, the hand-over controller "
+                              "([jam] handover_cc)")
+        owners[cc] = key
+        bindings.append(ControlBinding(setting.name if setting else key, cc, low, high))
+    return tuple(bindings)
+
+
+def presets_from(table: Any, source: str) -> tuple[Preset, ...]:
+    """[presets.NAME] tables of live settings, in file order (program change N selects the N-th)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: presets must be tables [presets.NAME]")
+    presets = []
+    for name, values in table.items():
+        if not isinstance(values, dict) or not values:
+            raise ConfigError(f"{source}: preset {name!r} must be a table [presets.{name}] of settings")
+        checked = []
+        for key, value in values.items():
+            setting = live_setting_named(key)
+            if setting is None:
+                raise ConfigError(f"{source}: preset {name!r}: {key} is not a live setting; known: "
+                                  f"{', '.join(LIVE_SETTINGS)}")
+            spec = _spec(setting.section, setting.name)
+            checked.append((setting.name, _checked(f"{source}: preset {name!r}", setting.section, spec, value)))
+        presets.append(Preset(name, tuple(checked)))
+    return tuple(presets)
+
+
+def with_preset(settings: Settings, name: str) -> Settings:
+    """The settings with a preset's values on top (--preset); ConfigError naming a missing preset."""
+    preset = next((p for p in settings.presets if p.name == name), None)
+    if preset is None:
+        known = ", ".join(p.name for p in settings.presets) or "none in the config"
+        raise ConfigError(f"{settings.source}: no preset {name!r}; known: {known}")
+    for key, value in preset.values:
+        settings = with_setting(settings, LIVE_SETTINGS[key].section, key, value)
+    return settings
 
 
 def toml_key(section: str, name: str) -> str:
@@ -357,9 +561,9 @@ def settings_from(document: dict, source: str, overrides: dict[tuple[str, str], 
     strays = sorted(set(overrides) - known)
     if strays:
         raise ConfigError(f"unknown setting {strays[0][0]}.{strays[0][1]}")
-    unknown = sorted(set(document) - set(SECTIONS))
+    unknown = sorted(set(document) - set(SECTIONS) - set(NAMED_TABLES))
     if unknown:
-        raise ConfigError(f"{source}: unknown section [{unknown[0]}]; known: {', '.join(SECTIONS)}")
+        raise ConfigError(f"{source}: unknown section [{unknown[0]}]; known: {', '.join([*SECTIONS, *NAMED_TABLES])}")
     built = {}
     for section, cls in SECTIONS.items():
         table = document.get(section, {})
@@ -378,7 +582,8 @@ def settings_from(document: dict, source: str, overrides: dict[tuple[str, str], 
             elif key in table:
                 values[spec.name] = _checked(source, section, spec, table[key])
         built[section] = cls(**values)
-    return Settings(**built, source=source)
+    controls = controls_from(document.get("controls", {}), source, built["jam"].handover_cc)
+    return Settings(**built, controls=controls, presets=presets_from(document.get("presets", {}), source), source=source)
 
 
 def load_settings(path: str | os.PathLike | None, overrides: dict | None = None) -> Settings:
@@ -399,7 +604,8 @@ def add_setting_flags(
     the document it gives settings_from) where they differ from the daemon's."""
     defaults = defaults or {}
     for section, cls in SECTIONS.items():
-        specs = [spec for spec in fields(cls) if only is None or (section, spec.name) in only]
+        specs = [spec for spec in fields(cls)
+                 if (only is None or (section, spec.name) in only) and spec.metadata["flag"] is not False]
         if not specs:
             continue
         group = parser.add_argument_group(f"[{section}] settings")
@@ -427,6 +633,6 @@ def overrides_from(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
 
 def with_setting(settings: Settings, section: str, name: str, value: Any) -> Settings:
     """A copy with one setting changed, checked like the file's; raises ConfigError."""
-    spec = {f.name: f for f in fields(SECTIONS[section])}[name]
+    spec = _spec(section, name)
     checked = _checked("setting", section, spec, value)
     return replace(settings, **{section: replace(getattr(settings, section), **{name: checked})})

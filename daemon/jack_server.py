@@ -16,6 +16,7 @@ import uuid
 import rtmidi
 
 START_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 5.0
 
 
 def jackd_path() -> str | None:
@@ -23,7 +24,20 @@ def jackd_path() -> str | None:
 
 
 def jack_running(name: str | None = None) -> bool:
-    """A JACK server answers (the default one, or `name`)."""
+    """A JACK server answers (the default one, or `name`).
+
+    Asked by `jack_wait -c` in a child process whose stderr goes nowhere: libjack prints a few
+    lines ("Cannot connect to server socket...") for every failed attempt, which a user waiting
+    for a server reads as failures. Without jack_wait the client is opened here, noise and all."""
+    tool = shutil.which("jack_wait")
+    if tool is not None:
+        env = os.environ if name is None else {**os.environ, "JACK_DEFAULT_SERVER": name}
+        try:
+            answer = subprocess.run([tool, "-c"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, timeout=PROBE_TIMEOUT_S).stdout
+        except subprocess.TimeoutExpired:
+            return False
+        return answer.strip() == b"running"
     previous = os.environ.get("JACK_DEFAULT_SERVER")
     if name is not None:
         os.environ["JACK_DEFAULT_SERVER"] = name

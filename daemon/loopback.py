@@ -23,7 +23,7 @@ class LoopbackPorts:
         self.api = "in-process"
         self.available = False
         self.reason = ""
-        self.dropped = 0
+        self.dropped = self.malformed = 0
         self.input = PortStatus("in-process:in", full_name="in-process:in")
         self.output = PortStatus("in-process:out", full_name="in-process:out")
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -2,7 +2,8 @@
 
 `InputPoller` reads the port from one thread of our own and stamps each message the moment it
 sees it (on the daemon's clock, `clock.now()`); `InputBuffer` hands the messages to the loop in
-one place, bounded: a flood drops the oldest messages (counted) instead of growing memory.
+one place, bounded: a flood drops the oldest messages (counted) instead of growing memory, and a
+malformed message (a truncated one, stray data bytes) is dropped on its own (counted).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from daemon.port_contract import Receiver
 INPUT_BUFFER = 4096
 RTMIDI_QUEUE = 4096  # RtMidi's own input queue, drained by InputPoller (its default is 100)
 POLL_S = 0.001  # how late an input message may be stamped
+SYSEX_END = 0xF7
+PROBES_IN_FLIGHT = 64  # jack_keeper.SysexGuard's probes remembered; their numbers run 0..127
 
 
 class InputPoller:
@@ -35,6 +38,7 @@ class InputPoller:
     def __init__(self, deliver: Callable[[bytes, float], None], port: rtmidi.MidiIn | None = None) -> None:
         self.deliver = deliver
         self.lock = threading.Lock()
+        self.probes_back: deque[int] = deque(maxlen=PROBES_IN_FLIGHT)  # SysexGuard's, as read (not delivered)
         self._port = port
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="midi-in", daemon=True)
@@ -59,6 +63,10 @@ class InputPoller:
                 read_empty = read_at
                 self._stopping.wait(POLL_S)
                 continue
+            data = event[0]
+            if len(data) == 2 and data[1] == SYSEX_END and data[0] < 0x80:
+                self.probes_back.append(data[0])
+                continue
             # The message came after the last empty read and before this read. RtMidi's delta from the
             # previous message is exact (server time): where it lands inside that window it is the
             # tighter bound, so messages read late (this thread waited for the GIL) keep the
@@ -77,6 +85,8 @@ class InputBuffer:
         self.items: deque[tuple[bytes, float]] = deque()
         self.lock = threading.Lock()
         self.dropped = 0
+        self.malformed = 0  # read by the loop only, as is last_malformed
+        self.last_malformed: tuple[bytes, Exception] | None = None
         self._scheduled = False
 
     def put(self, data: bytes, arrived: float) -> None:
@@ -100,6 +110,8 @@ class InputBuffer:
         for data, arrived in batch:
             try:
                 message = mido.Message.from_bytes(data)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, IndexError) as error:  # truncated, stray data bytes, unknown status
+                self.malformed += 1
+                self.last_malformed = (data, error)
                 continue
             self.deliver(message, arrived)

@@ -43,6 +43,14 @@ class MidiFileError(Exception):
     """A MIDI file that cannot be read; the message names the file and the reason."""
 
 
+def unreadable_reason(error: BaseException) -> str:
+    """One line saying why a MIDI file could not be read (an EOFError says nothing itself)."""
+    if isinstance(error, EOFError):
+        return "the file ends early: empty or truncated"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def bar_starts_from(time_signatures: Sequence[tuple[int, int, int]], end: int) -> list[int]:
     """Bar line steps in [0, end] from (step, numerator, denominator) signatures; 4/4 when none."""
     changes = sorted((t, n, d) for t, n, d in time_signatures if n > 0 and d > 0)
@@ -63,7 +71,7 @@ def read_midi(path: str | os.PathLike) -> tuple[list[Note], list[int]]:
     try:
         midi = mido.MidiFile(path)
     except (OSError, EOFError, ValueError, KeyError, IndexError) as error:
-        raise MidiFileError(f"{path}: not a readable MIDI file ({error})") from None
+        raise MidiFileError(f"{path}: not a readable MIDI file ({unreadable_reason(error)})") from None
     steps_per_tick = 4 / midi.ticks_per_beat
     notes: list[Note] = []
     signatures: list[tuple[int, int, int]] = []

@@ -3,11 +3,21 @@
 Topics under the configured prefix:
   <prefix>/status        retained "online" / "offline" (Last Will), Home Assistant's payloads
   <prefix>/state         retained JSON state document, republished on change and on reconnect
-  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, answer_bars,
-                         weights), plain or JSON payload
-  <prefix>/cmd/<action>  pause, resume, panic (payload ignored)
+  <prefix>/set/<setting> the live settings (config.py: temperature, top_p, bpm, tempo_mode, click,
+                         answer_bars, weights), plain or JSON payload
+  <prefix>/cmd/<action>  pause, resume, panic, next-weights, count-in (payload ignored)
+  <prefix>/set/preset    a [presets.NAME] of the config
+  <prefix>/cmd/learn     MIDI learn: the payload names the setting or action the next controller moves
+  <prefix>/set/paused    ON/OFF: pause or resume (Home Assistant's switch)
+  <discovery prefix>/... retained Home Assistant discovery documents (daemon/discovery.py)
   <prefix>/event         JSON events (answer started/finished, port lost/regained)
   <prefix>/error         JSON {"topic", "payload", "reason"} for every rejected command
+
+Every command gets an answer: it takes effect (a new state document) or is answered on
+<prefix>/error, whatever its payload; no payload ends the connection. A retained set/ is the
+setting the broker holds for us: applied when first received, not again when the same message is
+replayed on a reconnect. A retained cmd/ is not run (an action is not a state; it would repeat on
+every connection): it is answered on <prefix>/error once.
 
 The broker going away never touches the music: the bridge only talks to the app through
 its public calls, and reconnects with backoff on its own.
@@ -16,6 +26,7 @@ its public calls, and reconnects with backoff on its own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -26,7 +37,11 @@ from typing import Any, Protocol
 
 import aiomqtt
 
-from daemon.config import LIVE_SETTINGS, finite_number
+from daemon import discovery
+from daemon.config import CONTROL_ACTIONS, LIVE_SETTINGS, finite_number, mqtt_password
+from daemon.discovery import DEFAULT_PREFIX as DEFAULT_DISCOVERY
+from daemon.discovery import DISCOVERY_CHANGED
+from daemon.paths import installed_version
 
 __all__ = ["MqttBridge", "stop_bridge", "CommandError", "parse_setting", "SETTINGS", "ACTIONS", "MAX_PAYLOAD_BYTES"]
 
@@ -44,13 +59,19 @@ BACKOFF_MAX_S = 30.0
 OFFLINE_PUBLISH_TIMEOUT_S = 1.0
 STOP_PATIENCE_S = OFFLINE_PUBLISH_TIMEOUT_S + 0.5
 EVENT_QUEUE_SIZE = 1024
+RETAINED_REMEMBERED = 1024  # topics whose retained message was handled (one per topic is kept)
 
 # The live settings and their type on the wire (declared in config.py); the app checks ranges
 # and the weights folder.
 SETTINGS: dict[str, type] = {name: setting.type for name, setting in LIVE_SETTINGS.items()}
 # Other spellings of the settings (config.py's mqtt=...), accepted next to the state document's keys.
 SETTING_ALIASES = {alias: name for name, setting in LIVE_SETTINGS.items() for alias in setting.aliases}
-ACTIONS = ("pause", "resume", "panic")
+ACTIONS = CONTROL_ACTIONS
+# Topics that take a name as payload rather than a setting's value or nothing.
+PRESET_SETTING = "preset"  # <prefix>/set/preset: a [presets.NAME] of the config
+LEARN_ACTION = "learn"  # <prefix>/cmd/learn: MIDI learn for the setting or action named
+PAUSED_SETTING = "paused"  # <prefix>/set/paused: ON/OFF (Home Assistant's switch), true/false, 1/0
+SWITCH_PAYLOADS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
 async def stop_bridge(task: asyncio.Task) -> None:
@@ -75,6 +96,9 @@ class JamAppLike(Protocol):
     def state(self) -> dict: ...
     def apply_setting(self, name: str, value: Any) -> Any: ...
     def command(self, action: str) -> Any: ...
+    def select_preset(self, name: str) -> Any: ...
+    def learn(self, name: str) -> Any: ...
+    def discovery_options(self) -> tuple[list[str], list[str]]: ...
     def add_listener(self, callback: Callable[[dict], None]) -> Any: ...
     def remove_listener(self, callback: Callable[[dict], None]) -> Any: ...
 
@@ -140,9 +164,12 @@ def _echo(payload: bytes) -> str:
 class MqttBridge:
     """Connects the app to a broker; run() until cancelled, reconnecting on its own."""
 
-    def __init__(self, app: JamAppLike, settings: Any) -> None:
+    def __init__(self, app: JamAppLike, settings: Any, retired_discovery: str = DEFAULT_DISCOVERY) -> None:
+        """retired_discovery: a discovery prefix whose documents this bridge removes (the one in use
+        before a reload; the default one when discovery is off)."""
         self.app = app
         self.settings = settings
+        self.retired_discovery = retired_discovery
         self.prefix = settings.prefix
         self.status_topic = f"{self.prefix}/status"
         self.state_topic = f"{self.prefix}/state"
@@ -152,6 +179,7 @@ class MqttBridge:
         self._events: asyncio.Queue[dict] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._state_pending = False
         self._slow_commands: set[asyncio.Task] = set()
+        self._retained: dict[str, bytes] = {}  # topic -> digest of the retained payload handled
 
     # -- app side ---------------------------------------------------------------------
     def _on_app_event(self, event: dict) -> None:
@@ -179,7 +207,7 @@ class MqttBridge:
             s.port,
             identifier=s.client_id or None,
             username=s.username or None,
-            password=s.password or None,
+            password=mqtt_password(s) or None,
             tls_params=tls,
             will=aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True),
             keepalive=30,
@@ -269,15 +297,29 @@ class MqttBridge:
         await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
         await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         await self._publish_state(client)
+        await self._publish_discovery(client)
         _honour_swallowed_cancel()
         while True:
             event = await self._events.get()
             if event.get("type") == "state":
                 self._state_pending = False
                 await self._publish_state(client)
+            elif event.get("type") == DISCOVERY_CHANGED:
+                await self._publish_discovery(client)
             else:
                 await client.publish(self.event_topic, json.dumps(event, separators=(",", ":")), qos=1)
             _honour_swallowed_cancel()
+
+    async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        """Home Assistant's retained config documents, or their removal where discovery is off."""
+        weights, presets = self.app.discovery_options()
+        current = self.settings.discovery_prefix
+        if self.retired_discovery and self.retired_discovery != current:
+            for topic in discovery.removals(self.retired_discovery, self.prefix, weights, presets):
+                await client.publish(topic, b"", qos=1, retain=True)
+        if current:
+            for topic, document in discovery.documents(current, self.prefix, weights, presets, installed_version()):
+                await client.publish(topic, document, qos=1, retain=True)
 
     async def _publish_error(self, client: aiomqtt.Client, topic: str, payload: bytes, reason: str) -> None:
         log.info("MQTT: rejected %s: %s", topic, reason)
@@ -288,11 +330,25 @@ class MqttBridge:
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
-            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else b""
+            payload = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+            if message.retain:
+                digest = hashlib.sha256(payload).digest()
+                if self._retained.get(topic) == digest:
+                    continue  # replayed on a reconnect: handled once already
+                if len(self._retained) >= RETAINED_REMEMBERED and topic not in self._retained:
+                    del self._retained[next(iter(self._retained))]
+                self._retained[topic] = digest
             try:
-                outcome = self._dispatch(topic, bytes(payload))
+                if message.retain and self._kind(topic) == "cmd":
+                    raise CommandError("a retained action is not run: publish cmd/ without retain, and clear this one")
+                outcome = self._dispatch(topic, payload)
             except ValueError as exc:  # CommandError or the app's own ValueError
-                await self._publish_error(client, topic, bytes(payload), str(exc))
+                await self._publish_error(client, topic, payload, str(exc))
+                _honour_swallowed_cancel()
+                continue
+            except Exception as exc:  # a bug: answered and logged; the connection stays
+                log.exception("MQTT: %s failed", topic)
+                await self._publish_error(client, topic, payload, f"internal error ({type(exc).__name__})")
                 _honour_swallowed_cancel()
                 continue
             if inspect.isawaitable(outcome):
@@ -309,6 +365,13 @@ class MqttBridge:
         except UnicodeDecodeError as exc:
             raise CommandError(f"payload is not valid UTF-8 (byte {exc.start})") from None
         kind, _, name = topic[len(self.prefix) + 1:].partition("/")
+        if (kind, name) in (("set", PRESET_SETTING), ("cmd", LEARN_ACTION)):
+            return self._dispatch_named(name, text)
+        if (kind, name) == ("set", PAUSED_SETTING):
+            paused = SWITCH_PAYLOADS.get(text.strip().strip('"').lower())
+            if paused is None:
+                raise CommandError(f"expected ON or OFF (or true/false, 1/0), got {text.strip()[:40]!r}")
+            return self.app.command("pause" if paused else "resume")
         if kind == "set":
             setting = SETTING_ALIASES.get(name, name)
             if setting not in SETTINGS:
@@ -320,11 +383,29 @@ class MqttBridge:
             return self.app.command(name)
         raise CommandError(f"unknown topic {topic!r}")
 
+    def _dispatch_named(self, name: str, text: str) -> Any:
+        """set/preset and cmd/learn: the payload names a preset, or the setting or action to learn."""
+        chosen = text.strip()
+        if chosen.startswith('"'):
+            try:
+                chosen = json.loads(chosen)
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"invalid JSON string: {exc.msg}") from None
+        if not isinstance(chosen, str) or not chosen:
+            raise CommandError(f"expected a {'preset' if name == PRESET_SETTING else 'setting or action'} name")
+        return self.app.select_preset(chosen) if name == PRESET_SETTING else self.app.learn(chosen)
+
+    def _kind(self, topic: str) -> str:
+        return topic[len(self.prefix) + 1:].partition("/")[0]
+
     async def _finish_slow(self, client: aiomqtt.Client, topic: str, payload: bytes, outcome: Any) -> None:
         try:
             await outcome
-        except ValueError as exc:
+        except Exception as exc:  # ValueError: refused; anything else: a bug, answered all the same
+            reason = str(exc) if isinstance(exc, ValueError) else f"internal error ({type(exc).__name__})"
+            if not isinstance(exc, ValueError):
+                log.error("MQTT: %s failed: %r", topic, exc)
             try:
-                await self._publish_error(client, topic, payload, str(exc))
+                await self._publish_error(client, topic, payload, reason)
             except aiomqtt.MqttError:
-                log.warning("MQTT: rejected %s (%s) while the broker was away", topic, exc)
+                log.warning("MQTT: rejected %s (%s) while the broker was away", topic, reason)

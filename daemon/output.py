@@ -30,6 +30,12 @@ ALL_SOUND_OFF = 120
 ALL_NOTES_OFF = 123
 
 
+def silencing_messages(channels) -> list[mido.Message]:
+    """Sustain off, all notes off, all sound off on each channel, in that order (see panic)."""
+    return [mido.Message("control_change", channel=channel, control=control, value=value)
+            for channel in sorted(channels) for control, value in ((SUSTAIN, 0), (ALL_NOTES_OFF, 0), (ALL_SOUND_OFF, 0))]
+
+
 @dataclass
 class OutputStats:
     notes: int = 0
@@ -107,9 +113,8 @@ class NoteOutput:
             for _ in range(count):
                 self._send(mido.Message("note_off", channel=channel, note=pitch, velocity=0))
         self.sounding.clear()
-        for channel in sorted(self.channels_used):
-            for control, value in ((SUSTAIN, 0), (ALL_NOTES_OFF, 0), (ALL_SOUND_OFF, 0)):
-                self._send(mido.Message("control_change", channel=channel, control=control, value=value))
+        for message in silencing_messages(self.channels_used):
+            self._send(message)
 
     @property
     def busy(self) -> bool:

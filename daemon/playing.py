@@ -14,6 +14,7 @@ import rtmidi
 from daemon.clock import now, step_seconds
 from daemon.codec import Note
 from daemon.midi_input import RTMIDI_QUEUE, InputPoller
+from daemon.port_release import release
 from daemon.ports import APIS, find_port
 
 
@@ -42,8 +43,7 @@ class Keyboard:
 
     def unplug_out(self) -> None:
         """The keyboard's cable pulled: its output port disappears from the port list."""
-        self._out.close_port()
-        self._out.delete()
+        release(self._out)
 
     def replug_out(self, port_name: str) -> None:
         """Plugged back in: a fresh client with a port of the same name, connected nowhere."""
@@ -78,8 +78,7 @@ class Keyboard:
         self._poller.stop()
         for port in (self._in, self._out):
             try:
-                port.close_port()
-                port.delete()
+                release(port)
             except Exception:  # already deleted by unplug_out
                 pass
 

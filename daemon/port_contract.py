@@ -24,9 +24,10 @@ class PortStatus:
     name: str
     connected: bool = False
     full_name: str = ""  # what the name matched, or our virtual port's listed name
+    patched: bool = True  # the JACK connection to the named port exists, as far as the patchbay says
 
     def as_dict(self) -> dict:
-        return {"name": self.full_name or self.name, "connected": self.connected}
+        return {"name": self.full_name or self.name, "connected": self.connected and self.patched}
 
 
 class Ports(Protocol):
@@ -39,6 +40,11 @@ class Ports(Protocol):
     @property
     def dropped(self) -> int:
         """Input messages dropped because the loop fell behind."""
+        ...
+
+    @property
+    def malformed(self) -> int:
+        """Input messages dropped because they were not MIDI (truncated, stray data bytes)."""
         ...
 
     def status(self) -> dict:

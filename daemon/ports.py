@@ -8,8 +8,11 @@ RtMidi gives no disconnect signal, so `watch()` polls the port list. Without any
 `watch()` retries with backoff.
 
 Incoming messages are read by one thread of our own and handed to the event loop through a
-bounded buffer (daemon/midi_input.py). What any ports object offers the daemon is stated in
-daemon/port_contract.py.
+bounded buffer (daemon/midi_input.py); malformed ones are counted there and reported once per
+watch tick. What any ports object offers the daemon is stated in daemon/port_contract.py.
+
+Under JACK, `watch()` also keeps named ports patched and guards the input against an
+unterminated sysex: daemon/jack_keeper.py.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import time
 import mido
 import rtmidi
 
+from daemon import jack_patchbay
 from daemon.clock import now
+from daemon.jack_keeper import GUARD_PORT, JackKeeper, SysexGuard
 from daemon.jack_server import jack_running
 from daemon.midi_input import RTMIDI_QUEUE, InputBuffer, InputPoller
 from daemon.port_contract import EventSink, PortStatus, Receiver
+from daemon.port_release import close_port, release
 
 log = logging.getLogger("antiphon.ports")
 
@@ -38,7 +44,7 @@ BACKOFF_MAX_S = 30.0
 # JACK sends what a client wrote at its next process cycle: a port closed sooner loses it.
 JACK_DRAIN_S = 0.1
 JACK_PROBE_EVERY = 10  # port-list polls between checks that the JACK server is still there
-JACK_PROBE_TIMEOUT_S = 5.0
+CONNECTION_CHECK_EVERY = 2  # port-list polls between checks of the JACK connections
 
 
 class MidiUnavailable(Exception):
@@ -78,18 +84,10 @@ async def jack_server_answers() -> bool:
     Asked by `jack_wait -c` in a child process: opening a JACK client in this process holds the
     GIL for ~25 ms (measured), which the event loop would play as a late note. Without
     jack_wait (a JACK install without its tools) the client is opened here after all."""
-    tool = shutil.which("jack_wait")
-    if tool is None:
+    if shutil.which("jack_wait") is None:
         return jack_running()
-    process = await asyncio.create_subprocess_exec(tool, "-c", stdin=asyncio.subprocess.DEVNULL,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        answer, _ = await asyncio.wait_for(process.communicate(), JACK_PROBE_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return False
-    return answer.strip() == b"running"
+    result = await jack_patchbay.run_tool("jack_wait", "-c")  # None: it hung (or could not start)
+    return result is not None and result[1].strip() == "running"
 
 
 class MidiPorts:
@@ -125,10 +123,16 @@ class MidiPorts:
         self._last_send = float("-inf")
         self._polls = 0
         self._abandoned: list = []
+        self._keeper: JackKeeper | None = None  # under JACK only
+        self._malformed_reported = 0
 
     @property
     def dropped(self) -> int:
         return self._buffer.dropped if self._buffer else 0
+
+    @property
+    def malformed(self) -> int:
+        return self._buffer.malformed if self._buffer else 0
 
     def status(self) -> dict:
         return {"in": self.input.as_dict(), "out": self.output.as_dict()}
@@ -158,6 +162,10 @@ class MidiPorts:
         if self.output_virtual:
             self._out.open_virtual_port("out")
         self._poller = InputPoller(self._buffer.put, self._in)
+        if self.api == "jack":
+            self._lister[1].open_virtual_port(GUARD_PORT)
+            self._keeper = JackKeeper(self.input, self.output, self.input_virtual, self.output_virtual,
+                                      SysexGuard(self._lister[1], self._poller), self.on_event)
         self.available, self.reason = True, ""
         self._refresh(announce=False)
 
@@ -168,11 +176,10 @@ class MidiPorts:
         for port in (self._in, self._out, *(self._lister or ())):
             if port is not None:
                 try:
-                    port.close_port()
-                    port.delete()
+                    release(port)
                 except Exception as error:  # already gone with its server
                     log.debug("closing a port: %s", error)
-        self._in = self._out = self._lister = None
+        self._in = self._out = self._lister = self._keeper = None
         self.input.connected = self.output.connected = False
         self.available = False
 
@@ -182,7 +189,7 @@ class MidiPorts:
         the garbage collector never closes them either (a few objects per outage)."""
         self._stop_polling()
         self._abandoned.extend(p for p in (self._in, self._out, *(self._lister or ())) if p is not None)
-        self._in = self._out = self._lister = None
+        self._in = self._out = self._lister = self._keeper = None
         self.input.connected = self.output.connected = False
         self.available = False
 
@@ -218,6 +225,12 @@ class MidiPorts:
                     if self._polls % JACK_PROBE_EVERY == 0 and not await jack_server_answers():
                         raise MidiUnavailable("it stopped answering")
                 self._refresh(announce=True)
+                if self.api == "jack":
+                    if self._polls % CONNECTION_CHECK_EVERY == 0:
+                        await self._keep_connections()
+                    if self._keeper is not None:
+                        self._keeper.guard_input()
+                self._report_malformed()
             except Exception as error:  # the server went away under us
                 self.reason = f"{API_LABELS[self.api]} went away ({error})"
                 log.warning("MIDI lost: %s", self.reason)
@@ -225,6 +238,28 @@ class MidiPorts:
                 self.on_event({"type": "midi_lost", "reason": self.reason})
 
     # -- internals --------------------------------------------------------------------
+    def _report_malformed(self) -> None:
+        """Once per tick, not once per message: a flood of garbage must not flood the log."""
+        malformed = self.malformed
+        if malformed == self._malformed_reported:
+            return
+        data, error = self._buffer.last_malformed
+        log.warning("MIDI input: dropped %d malformed message(s) (the latest: %s, %s)",
+                    malformed - self._malformed_reported, data.hex(" ") or "empty", error)
+        self._malformed_reported = malformed
+        self.on_event({"type": "input_malformed", "count": malformed})
+
+    async def _keep_connections(self) -> None:
+        keeper = self._keeper
+        ports = await jack_patchbay.connections(self.client_name)
+        if ports is None or keeper is None or keeper is not self._keeper:  # no tools or no server; or reopened
+            return
+        await keeper.keep_connections({name: linked for name, linked in ports.items() if self._is_own(name)})
+
+    def _is_own(self, name: str) -> bool:
+        client = name.split(":", 1)[0]
+        return client == self.client_name or client.startswith(f"{self.client_name}-")
+
     def _stop_polling(self) -> None:
         if self._poller is not None:
             self._poller.stop()
@@ -257,12 +292,7 @@ class MidiPorts:
             self._follow(self.output, self._out, destinations, own, "output", announce)
 
     def _own_ports(self, sources: list[str], destinations: list[str]) -> set[str]:
-        own = set()
-        for name in (*sources, *destinations):
-            client = name.split(":", 1)[0]
-            if client == self.client_name or client.startswith(f"{self.client_name}-"):
-                own.add(name)
-        return own
+        return {name for name in (*sources, *destinations) if self._is_own(name)}
 
     def _follow(self, status: PortStatus, port, names: list[str], own: set[str], side: str, announce: bool) -> None:
         if status.connected and status.full_name in names:
@@ -270,7 +300,7 @@ class MidiPorts:
         if status.connected:
             status.connected = False
             with self._poller.lock:
-                port.close_port()
+                close_port(port)
             log.warning("MIDI %s port %r disappeared; waiting for it to come back", side, status.full_name)
             self.on_event({"type": "port_lost", "port": side, "name": status.full_name})
             return
@@ -282,7 +312,8 @@ class MidiPorts:
             return
         with self._poller.lock:
             port.open_port(names.index(match), side)
-        status.connected, status.full_name = True, match
+        status.connected, status.full_name, status.patched = True, match, True
         log.info("MIDI %s connected to %r", side, match)
         if announce:
             self.on_event({"type": "port_regained", "port": side, "name": match})
+

@@ -6,8 +6,10 @@ differ by `shift`, fixed when a phrase is anchored: silences between exchanges a
 the first onset after silence is beat one of the bar after everything in the stream. Bar lines
 fall every `steps_per_bar` from `bar_origin` (the bar line where the current meter began).
 
-The grid is a fixed tempo, or an external MIDI clock's (`follow_clock`). A `Timeline` is owned by
-the event loop. The worker thread gets a `TimelineView`, an immutable
+The grid is a fixed tempo, an external MIDI clock's (`follow_clock`), a tapped one (`tap`: beat
+one on the last tap), or, in follow mode, the one read from the call's onsets when the player
+hands over (`read_call`); `source` says which, and the grid's tempo is the tempo in use. A
+`Timeline` is owned by the event loop. The worker thread gets a `TimelineView`, an immutable
 copy of the grid and shift taken when a job starts.
 """
 
@@ -17,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from daemon.clock import ClockFollower, TempoGrid, step_seconds
+from daemon.tempo import TapTempo, TempoEstimate, TempoTracker, estimate_tempo
 
 BEAT_STEPS = 4  # a quarter note, in sixteenths
 
@@ -49,6 +52,10 @@ class Timeline:
         self.bar_origin = 0  # a bar line of the current meter (bar lines are every steps_per_bar from it)
         self.end = 0  # the first bar line after everything in the stream
         self.clock = ClockFollower()
+        self.source = "fixed"  # where the grid's tempo comes from: fixed, clock, follow or tap
+        self.tracker = TempoTracker(bpm, steps_per_bar)  # follow mode: the tempo read so far
+        self.taps = TapTempo()
+        self.preset = False  # the next anchor keeps the grid taps or a count-in set (and its bar lines)
 
     @property
     def grid(self) -> TempoGrid:
@@ -83,8 +90,51 @@ class Timeline:
         return self.clock.present(t)
 
     def set_tempo(self, bpm: float, t: float) -> None:
-        """A new tempo from time t on, the position at t kept."""
+        """A new tempo setting from time t on, the position at t kept."""
         self.set_grid(self.grid.with_bpm(bpm, t))
+        self.tracker.reset(bpm)
+        self.source, self.preset = "fixed", False
+
+    def tap(self, t: float) -> float | None:
+        """A tap of the tap-tempo controller: once enough taps set a tempo (returned), the grid
+        has it with a bar line on this tap (as fitted to all the taps), and the next call is read on it."""
+        tapped = self.taps.tap(t)
+        if tapped is None:
+            return None
+        bpm, beat_one = tapped
+        self.set_grid(TempoGrid(beat_one, step_seconds(bpm)))
+        self.tracker.reset(bpm)
+        self.source, self.preset = "tap", True
+        return bpm
+
+    def count_in(self, t: float) -> TempoGrid:
+        """A count-in's grid at the tempo in use: a bar line at t, the next call's beat one on
+        the one after it."""
+        self.set_grid(TempoGrid(t, self.grid.step))
+        self.preset = True
+        return self.grid
+
+    def read_call(self, onsets: list[float]) -> TempoEstimate:
+        """Follow mode at the hand-over: the call's tempo and beat one from its onsets (the
+        tracker takes them), the grid re-anchored on them (the call's first bar line stays where
+        it was anchored). A call that cannot be read leaves the grid as it is."""
+        estimate = self.tracker.update(onsets)
+        if estimate.readable:
+            self._anchor_on(estimate)
+            self.source = "follow"
+        return estimate
+
+    def preview_call(self, onsets: list[float]) -> bool:
+        """Follow mode while the player pauses: the call so far read (the tracker does not take
+        it), so the hand-over is planned on the player's grid, not the one the call began on."""
+        estimate = estimate_tempo(onsets, self.tracker.bpm, self.steps_per_bar)
+        if estimate.readable:
+            self._anchor_on(estimate)
+        return estimate.readable
+
+    def _anchor_on(self, estimate: TempoEstimate) -> None:
+        self.set_grid(estimate.grid())
+        self.anchor(estimate.origin, None)
 
     def anchor(self, t: float, bpm: float | None = None) -> None:
         """The first onset after silence, at time t: beat one of the bar at `end`.

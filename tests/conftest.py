@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,22 @@ from daemon.jack_server import JackServer, jackd_path
 
 # The real-Mosquitto fixtures (tests/ is on sys.path: the folder has no __init__.py).
 pytest_plugins = ["fixtures_mqtt"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_and_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Takes and learned controls of every daemon a test starts (and of this process) go to the
+    session's temporary folder, never the user's (~/.local/state, ~/.local/share)."""
+    folder = tmp_path_factory.mktemp("xdg")
+    saved = {name: os.environ.get(name) for name in ("XDG_STATE_HOME", "XDG_DATA_HOME", "STATE_DIRECTORY")}
+    os.environ.pop("STATE_DIRECTORY", None)
+    os.environ.update(XDG_STATE_HOME=str(folder / "state"), XDG_DATA_HOME=str(folder / "data"))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from fixtures_mqtt import Broker, MqttObserver
 
 from daemon.midi_input import RTMIDI_QUEUE, InputPoller
 from daemon.model import build_model, config_from_dict
+from daemon.port_release import release
 from daemon.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,18 +46,23 @@ def save_tiny_weights(folder: Path, kind: str = "lstm") -> Path:
     return save_weights(folder, build_model(config), config, {"purpose": "service tests"})
 
 
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def toml(sections: dict[str, dict]) -> str:
-    """A TOML document of flat tables (strings, numbers, booleans)."""
+    """A TOML document of tables (a section may be dotted, "presets.warm") of strings, numbers,
+    booleans and inline tables."""
     lines = []
     for section, table in sections.items():
         lines.append(f"[{section}]")
-        for key, value in table.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, str):
-                lines.append(f"{key} = {json.dumps(value)}")
-            else:
-                lines.append(f"{key} = {value!r}")
+        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -90,8 +96,7 @@ class JackPeer:
         """The synth goes away, as an unplugged device would."""
         if self.synth is not None:
             self._poller.attach(None)
-            self.synth.close_port()
-            self.synth.delete()
+            release(self.synth)
             self.synth = None
 
     def _arrived(self, data: bytes, arrived: float) -> None:
@@ -112,8 +117,7 @@ class JackPeer:
     def close(self) -> None:
         self.close_synth()
         self._poller.stop()
-        self.keyboard.close_port()
-        self.keyboard.delete()
+        release(self.keyboard)
 
 
 def sounding(messages: list[mido.Message]) -> set[tuple[int, int]]:

@@ -137,7 +137,7 @@ class Received(NamedTuple):
 class MqttObserver:
     """Subscribes to `<prefix>/#`, records every message, publishes for the test."""
 
-    def __init__(self, broker: Broker, prefix: str) -> None:
+    def __init__(self, broker: Broker, prefix: str, username: str | None = None, password: str | None = None) -> None:
         self.prefix = prefix
         self.messages: list[Received] = []
         self._changed = threading.Condition()
@@ -145,6 +145,8 @@ class MqttObserver:
         self.client.on_connect = self._connected
         self.client.on_message = self._message
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         if broker.tls is not None:
             self.client.tls_set(ca_certs=str(broker.tls.ca), certfile=str(broker.tls.client_cert),
                                 keyfile=str(broker.tls.client_key))

@@ -91,6 +91,45 @@ def test_any_interleaving_leaves_a_decodable_stream_with_every_player_note(engin
     assert model == {(n.start, n.pitch, n.duration) for n in fixed}  # nothing unsounded is left
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=player_notes, lookahead=st.integers(1, 8), seed=st.integers(0, 2**16), onset_late=st.integers(0, 2))
+def test_notes_in_at_their_onsets_leave_a_decodable_stream_with_every_player_note_as_released(
+        engine, raw, lookahead, seed, onset_late):
+    """Each key goes in at its onset (`onset_late` steps after it, as a loaded daemon may), with
+    the model's guess of its length; its release, any number of steps later, puts the length
+    right; what sounded stays, and the engine holds the stream."""
+    played = timed(raw)
+    acc = accompanist(engine, seed)
+    fixed = []
+    last = played[-1][1] + 2 * BAR
+    onsets = sorted(played, key=lambda item: (item[0].start, item[0].pitch))
+    releases = list(played)
+    for step in range(last):
+        while onsets and onsets[0][0].start + onset_late <= step:
+            note, _ = onsets.pop(0)
+            acc.player_onset(note.start, note.pitch, note.velocity)
+        while releases and releases[0][1] <= step:
+            acc.player_note(releases.pop(0)[0])
+        acc.decide(step + lookahead, step + 1, end=last)
+        fixed += acc.fix(step)
+    acc.finish()
+    tokens = list(acc.stream.tokens)
+    assert accepts(tokens)
+    assert list(acc.engine.context) == tokens[-len(acc.engine.context):]
+    decoded = {(n.start, n.pitch): n.duration for n in decode(tokens)}
+    players = [p for p in acc.placed if p.player]
+    assert len(players) == len(played)  # each note once: its release found its onset
+    wrong = 0
+    for note, _ in played:
+        placed = next(p for p in players if p.note.pitch == note.pitch and note.start in (p.note.start, p.moved_from))
+        assert decoded[(placed.note.start, note.pitch)] == placed.note.duration
+        wrong += placed.note.start == note.start and placed.note.duration != note.duration
+    assert wrong == acc.stats.unrevised  # a length is wrong only where the release came too late to revise
+    for note in fixed:
+        assert decoded.get((note.start, note.pitch)) == note.duration or any(
+            p.note.start == note.start and p.note.pitch == note.pitch for p in players)  # or the player struck it too
+
+
 def test_a_late_player_note_rolls_back_what_was_decided_and_the_engine_matches_a_fresh_one(engine):
     acc = accompanist(engine, 3)
     acc.decide(12, 0)
@@ -109,12 +148,12 @@ def test_the_range_narrowing_masks_pitches_outside_and_unplayable_onsets():
     state = walk([0, 1 + 3])  # a note offset 3 chosen
     assert state.phase == HAVE_OFFSET
     mask = np.ones(153, dtype=bool)
-    narrow(mask, state, 0)
+    narrow(mask, state, 0, ())
     pitches = np.flatnonzero(mask[PITCH_BASE:PITCH_BASE + 88]) + 21
     assert pitches.min() == 40 and pitches.max() == 59
     after_high = advance(advance(state, PITCH_BASE + 80 - 21), 121)  # a player's note at 80, offset 3
     mask = np.ones(153, dtype=bool)
-    narrow(mask, after_high, 0)
+    narrow(mask, after_high, 0, ())
     assert not mask[1 + 3] and mask[1 + 4]
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from daemon.answer_loop import AnswerOptions, compose_mask, generate_answer
-from daemon.codec import DURATION_BASE, Note, decode
+from daemon.codec import DURATION_BASE, OFFSET_BASE, Note, decode
 from daemon.engine import Engine
-from daemon.grammar import HAVE_PITCH, GrammarState, accepts
+from daemon.grammar import HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
 from daemon.live_tokenizer import TokenStream
 from daemon.sampling import make_generator
 
@@ -57,7 +57,7 @@ def test_the_same_seed_gives_the_same_answer(engine):
 
 
 def test_extra_narrowings_apply_after_the_answer_mask(engine):
-    def sixteenths(mask: np.ndarray, state: GrammarState, bar: int) -> None:
+    def sixteenths(mask: np.ndarray, state: GrammarState, bar: int, notes) -> None:
         if state.phase == HAVE_PITCH:
             mask[DURATION_BASE + 1 :] = False  # duration 1 only (always allowed: answer_mask never forbids it)
 
@@ -67,3 +67,13 @@ def test_extra_narrowings_apply_after_the_answer_mask(engine):
     for seed in range(3):
         notes = [note for note, _ in answer(engine, seed, options)[2].notes]
         assert notes and all(n.duration == 1 for n in notes)
+
+
+def test_a_narrowing_sees_the_answer_so_far(engine):
+    def two_notes(mask: np.ndarray, state: GrammarState, bar: int, notes) -> None:
+        if state.phase == NEED_OFFSET and len(notes) >= 2:
+            mask[OFFSET_BASE : OFFSET_BASE + 16] = False  # only the bar line: the rest is silence
+
+    options = AnswerOptions(1.0, 1.0, 8, narrowings=(two_notes,))
+    counts = [len(answer(engine, seed, options)[2].notes) for seed in range(4)]
+    assert max(counts) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import socket
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -67,7 +68,7 @@ def test_every_setting_has_a_flag():
     flags = {option for action in run._actions for option in action.option_strings}
     for section, cls in SECTIONS.items():
         for spec in fields(cls):
-            assert flag_name(section, spec) in flags
+            assert (flag_name(section, spec) in flags) == (spec.metadata["flag"] is not False)
     for required in ("--midi-api", "--virtual", "--in", "--out", "--bpm", "--weights", "--config", "--seed",
                      "--mqtt-host", "--mqtt-port", "--mqtt-prefix"):
         assert required in flags
@@ -135,13 +136,29 @@ def test_live_settings_and_their_mqtt_names_come_from_the_declarations():
 
     declared = {(section, spec.name) for section, cls in SECTIONS.items() for spec in fields(cls) if spec.metadata["live"]}
     assert {(s.section, name) for name, s in LIVE_SETTINGS.items()} == declared == {
-        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("jam", "answer_bars"), ("model", "weights"),
+        ("jam", "temperature"), ("jam", "top_p"), ("tempo", "bpm"), ("tempo", "tempo_mode"), ("tempo", "click"),
+        ("jam", "answer_bars"), ("model", "weights"), ("jam", "key"), ("jam", "register"), ("jam", "clashes"),
         ("jam", "mode"), ("jam", "accompany_range"), ("jam", "accompany_tail_bars")}
-    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "answer_bars": int, "weights": str,
+    assert SETTINGS == {"temperature": float, "top_p": float, "bpm": float, "tempo_mode": str, "click": str,
+                        "answer_bars": int, "weights": str, "key": str, "register": str, "clashes": str,
                         "mode": str, "accompany_range": str, "accompany_tail_bars": int}
-    assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "answer_length": "answer_bars",
+    assert SETTING_ALIASES == {"top-p": "top_p", "tempo": "bpm", "tempo-mode": "tempo_mode", "answer_length": "answer_bars",
                                "answer-length": "answer_bars", "accompany-range": "accompany_range",
                                "accompany-tail-bars": "accompany_tail_bars"}
+
+
+def test_click_is_off_unless_set_in_the_file_or_by_its_flag():
+    assert settings_from({}, "test").tempo.click == "off"
+    assert settings_from({"tempo": {"click": "always"}}, "test").tempo.click == "always"
+    assert settings_from({}, "flags", {("tempo", "click"): "count-in"}).tempo.click == "count-in"
+    with pytest.raises(ConfigError, match=r"\[tempo\] click = 'loud'.*off, count-in or always"):
+        settings_from({"tempo": {"click": "loud"}}, "test")
+
+
+def test_the_tempo_mode_is_the_tempo_tables_mode_key():
+    assert settings_from({"tempo": {"mode": "follow"}}, "test").tempo.tempo_mode == "follow"
+    with pytest.raises(ConfigError, match=r"tempo.*mode.*fixed or follow"):
+        settings_from({"tempo": {"mode": "chase"}}, "test")
 
 
 JSON_VALUES = st.one_of(
@@ -184,3 +201,56 @@ def test_a_number_past_every_float_is_out_of_range_not_a_crash():
     for name, section in (("temperature", "jam"), ("answer_bars", "jam")):
         with pytest.raises(ConfigError, match="out of range"):
             with_setting(settings, section, name, 10**400)
+
+
+def test_the_mqtt_password_is_never_a_flag() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--mqtt-password", "secret"])
+
+
+def test_mqtt_password_file_absolute_and_as_a_systemd_credential(tmp_path: Path, monkeypatch) -> None:
+    from daemon.config import MqttSettings, mqtt_password
+
+    (tmp_path / "secret").write_text("hunter2\nignored\n")
+    assert mqtt_password(MqttSettings(password_file=str(tmp_path / "secret"))) == "hunter2"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert mqtt_password(MqttSettings(password_file="secret")) == "hunter2"
+    assert mqtt_password(MqttSettings(password="inline")) == "inline"
+
+
+@pytest.mark.parametrize("content, reason", [(None, "cannot be read"), ("", "is empty"), ("\nx", "is empty")])
+def test_a_bad_mqtt_password_file_is_a_configuration_error(tmp_path: Path, content: str | None, reason: str) -> None:
+    from daemon.config import MqttSettings, mqtt_password
+
+    path = tmp_path / "secret"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=f"password_file '{path}' {reason}"):
+        mqtt_password(MqttSettings(password_file=str(path)))
+    config = tmp_path / "config.toml"
+    config.write_text(f'[mqtt]\nhost = "127.0.0.1"\npassword_file = "{path}"\n')
+    assert main(["run", "--config", str(config)]) == 2  # systemd's RestartPreventExitStatus=2
+
+
+def test_the_answer_key_is_auto_off_or_a_key():
+    settings = settings_from({"jam": {"key": "F# minor"}}, "test")
+    assert settings.jam.key == "F# minor"
+    assert with_setting(settings, "jam", "key", "auto").jam.key == "auto"
+    with pytest.raises(ConfigError, match=r"\[jam\] key = 'H#m' is not a key; allowed: auto"):
+        with_setting(settings, "jam", "key", "H#m")
+    with pytest.raises(ConfigError, match="density = 'lots' is not a number"):
+        settings_from({"jam": {"density": "lots"}}, "test")
+
+
+def test_help_shows_each_settings_default():
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("run", "generate", "demo"):
+        flags = [a for a in subparsers.choices[command]._actions if a.dest.startswith("set:")]
+        assert flags, command
+        for action in flags:
+            _, section, name = action.dest.split(":")
+            default = {f.name: f.default for f in fields(SECTIONS[section])}[name]
+            if default != "":  # an empty default (no port named, no password) has nothing to show
+                assert "default " in action.help, (command, action.option_strings)
+    bpm = next(a for a in subparsers.choices["run"]._actions if a.dest == "set:tempo:bpm")
+    assert "default 100.0" in bpm.help

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from daemon.codec import Note
 from daemon.midifile import read_midi
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
+ROOT = Path(__file__).resolve().parents[1]  # the demo run is this checkout's (not the installed one's)
 
 
 def run_demo(tmp_path: Path, weights: Path, transport: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -20,7 +22,7 @@ def run_demo(tmp_path: Path, weights: Path, transport: str) -> tuple[subprocess.
     result = subprocess.run(
         [str(ANTIPHON), "demo", "--out", str(out), "--weights", str(weights), "--bpm", "240", "--seed", "1",
          "--transport", transport],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     return result, out
 

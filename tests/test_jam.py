@@ -14,14 +14,16 @@ import torch
 from daemon.answer_loop import answer_mask
 from daemon.app import JamApp
 from daemon.clock import step_seconds
-from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note
+from daemon.codec import BAR, DURATION_BASE, OFFSET_BASE, PITCH_BASE, Note, decode
 from daemon.config import SECTIONS, settings_from
 from daemon.decoding import automatic_precision
 from daemon.grammar import HAVE_OFFSET, HAVE_PITCH, NEED_OFFSET, GrammarState, accepts
 from daemon.loopback import LoopbackPorts
 from daemon.model import build_model, config_from_dict
+from daemon.music_figures import clash_count
 from daemon.native import native_unavailable
 from daemon.playing import notes_from, phrase_events, play
+from daemon.steering import CHROMATIC_ALLOWANCE, REGISTER_MARGIN
 from daemon.weights import save_weights
 
 BPM = 240.0
@@ -66,12 +68,13 @@ class Duet:
     def ports(self) -> LoopbackPorts:
         return self.app.ports
 
-    async def play(self, notes: list[Note], delay: float = 0.05, velocity: int | None = None) -> float:
+    async def play(self, notes: list[Note], delay: float = 0.05, velocity: int | None = None,
+                   bpm: float = BPM) -> float:
         loop = asyncio.get_running_loop()
         start = loop.time() + delay
         if velocity is not None:
             notes = [n._replace(velocity=velocity) for n in notes]
-        await play(phrase_events(notes, BPM), self.ports.play, start)
+        await play(phrase_events(notes, bpm), self.ports.play, start)
         return start
 
     async def wait_for(self, kind: str, timeout: float = 8.0) -> dict:
@@ -126,11 +129,19 @@ def paired(recorded) -> bool:
     return all(count == 0 for count in sounding.values())
 
 
-def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights):
+# The call's last note, at step 10, is four steps after the one before: a next one is not due
+# until step 14, so silence on 14 and 15 says the call is over.
+ENDED = [Note(0, 62, 3, 90), Note(3, 65, 1, 90), Note(6, 69, 2, 90), Note(10, 67, 4, 90)]
+
+
+# CALL's rhythm (every four steps, the last at step 12) has the player's next note due on the bar
+# line: only the bar line tells whether the call goes on, so the answer begins after it.
+@pytest.mark.parametrize("call, first_step", [(ENDED, 16), (CALL, 17)], ids=["ended", "downbeat-due"])
+def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights, call, first_step):
     async def scenario():
         async with duet(tiny_weights) as d:
             assert d.app.state()["mode"] == "listening"
-            origin = await d.play(CALL)
+            origin = await d.play(call)
             started = await d.wait_for("answer_started")
             assert d.app.state()["mode"] == "answering"
             finished = await d.wait_for("answer_finished")
@@ -138,11 +149,11 @@ def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights):
             return d, origin, started, finished
 
     d, origin, started, finished = asyncio.run(scenario())
-    assert started["start_step"] == 16 and started["end_step"] == 32
+    assert started["start_step"] == first_step and started["end_step"] == 32
     notes = [(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")]
     assert notes and paired(notes)
     answer = notes_from(notes, origin, BPM)
-    assert all(16 <= n.start < 32 and n.start + n.duration <= 32 for n in answer)
+    assert all(first_step <= n.start < 32 and n.start + n.duration <= 32 for n in answer)
     assert finished["notes"] == len(answer) and finished["bars"] == 1 and not finished["barged_in"]
     for t, message in notes:
         if message.type == "note_on":
@@ -150,7 +161,7 @@ def test_call_is_answered_after_the_bar_line_on_the_grid(tiny_weights):
             # On a 16th. Timing precision is the benchmark's business; a loaded CI machine may
             # stall the loop a little, but never by a quarter of a step.
             assert abs(on_grid - round(on_grid)) < 0.25
-    assert accepts(d.app.session.stream.tokens)
+    assert accepts(d.app.session.conversation.stream.tokens)
 
 
 def test_the_daemon_never_hears_its_own_echo(tiny_weights):
@@ -175,7 +186,7 @@ def test_barge_in_stops_the_answer_and_keeps_what_was_played(tiny_weights):
             # Wait for the answer's first note, then play over it.
             while not any(m.type == "note_on" for _, m in d.recorded):
                 await asyncio.sleep(0.005)
-            tokens_before = d.app.session.stream.count
+            tokens_before = d.app.session.conversation.stream.count
             await asyncio.sleep(0.3)
             d.ports.play(mido.Message("note_on", note=50, velocity=80))
             barged = loop.time()
@@ -190,7 +201,7 @@ def test_barge_in_stops_the_answer_and_keeps_what_was_played(tiny_weights):
     after = [m for t, m in d.recorded if t > barged + 0.001]
     assert not any(m.type == "note_on" and m.velocity > 0 for m in after)
     assert paired([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")])
-    assert d.app.session.stream.count > tokens_before  # the played answer notes stayed in the context
+    assert d.app.session.conversation.stream.count > tokens_before  # the played answer notes stayed in the context
     assert d.app.session.stats["barge_ins"] == 1
 
 
@@ -246,7 +257,8 @@ def test_settings_commands_and_weights_swap(tiny_weights, tiny_lstm):
     assert before["weights"]["kind"] == "transformer"
     kernel = "native" if native_unavailable() is None else "torch"
     auto = automatic_precision(torch.device("cpu"), kernel)
-    assert state["weights"] == {"path": str(tiny_lstm), "kind": "lstm", "precision": auto, "kernel": kernel}
+    assert state["weights"] == {"name": str(tiny_lstm), "path": str(tiny_lstm), "kind": "lstm", "precision": auto,
+                                "kernel": kernel}
     assert (state["temperature"], state["bpm"], state["answer_bars"]) == (0.5, 200.0, 2)
     assert set(state) >= {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused"}
     assert state["ports"]["in"]["connected"] and state["ports"]["out"]["connected"]
@@ -346,3 +358,207 @@ def test_other_channels_never_reach_the_tokenizer(tiny_weights):
 
     ignored, started = asyncio.run(scenario())
     assert ignored == [] and started["bars"] == 1
+
+
+def test_staccato_playing_is_not_interrupted(tiny_weights):
+    # Four bars of short eighth notes at 120 bpm: each one step (125 ms) long, 125 ms apart, so
+    # every bar line comes after a gap longer than lead_ms. The player's note on the bar line
+    # is the call going on, not its end.
+    bpm = 120.0
+    step = step_seconds(bpm)
+    staccato = [Note(start, 60 + start % 12, 1, 90) for start in range(0, 64, 2)]
+
+    async def scenario():
+        async with duet(tiny_weights, answer_bars=0, max_answer_bars=4, bpm=bpm) as d:
+            origin = await d.play(staccato, bpm=bpm)
+            finished = await d.wait_for("answer_finished", timeout=12)
+            return d, origin, finished
+
+    d, origin, finished = asyncio.run(scenario())
+    started = [e for e in d.events if e["type"] == "answer_started"]
+    assert len(started) == 1 and started[0]["bars"] == 4
+    assert not finished["barged_in"] and d.app.session.stats["barge_ins"] == 0
+    ons = [(t - origin) / step for t, m in d.recorded if m.type == "note_on" and m.velocity > 0]
+    assert ons and min(ons) > 64 - 0.5  # nothing during the call: the answer begins after its last bar line
+
+
+def test_the_answer_follows_the_calls_register_and_the_key_asked_for(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, answer_bars=2, key="C major", register="follow", clashes="follow") as d:
+            origin = await d.play(CALL)
+            await d.wait_for("answer_finished")
+            return d, origin
+
+    d, origin = asyncio.run(scenario())
+    notes = notes_from([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")], origin, BPM)
+    assert len(notes) >= 4
+    low, high = 60 - REGISTER_MARGIN, 72 + REGISTER_MARGIN  # the call's range, widened
+    assert all(low <= n.pitch <= high for n in notes)
+    chromatic = sum(n.pitch % 12 not in (0, 2, 4, 5, 7, 9, 11) for n in notes)
+    assert chromatic <= CHROMATIC_ALLOWANCE * len(notes)
+    assert clash_count(notes) == 0
+    assert [n.pitch for n in d.app.session.listener.call_notes] == [n.pitch for n in CALL]
+
+
+FOLLOW_CALL = [Note(0, 60, 2, 90), Note(2, 62, 2, 80), Note(4, 64, 3, 85), Note(7, 65, 1, 80), Note(8, 67, 2, 90),
+               Note(10, 65, 2, 80), Note(12, 64, 2, 85), Note(14, 62, 2, 80), Note(16, 60, 4, 90), Note(20, 67, 2, 80),
+               Note(22, 64, 2, 80), Note(24, 60, 6, 90)]
+
+
+def test_follow_mode_reads_the_calls_tempo_and_answers_on_its_grid(tiny_weights):
+    played_bpm = 132.0  # the setting says 120: the answer must follow the player
+
+    async def scenario():
+        async with duet(tiny_weights, bpm=120.0, tempo_mode="follow", answer_bars=1) as d:
+            start = asyncio.get_running_loop().time() + 0.05
+            await play(phrase_events(FOLLOW_CALL, played_bpm), d.ports.play, start)
+            started = await d.wait_for("answer_started")
+            finished = await d.wait_for("answer_finished")
+            return d, start, started, finished, d.app.state()
+
+    d, origin, started, finished, state = asyncio.run(scenario())
+    assert started["tempo_source"] == "follow" and "tempo_unreadable" not in started
+    assert started["bpm"] == pytest.approx(played_bpm, rel=0.04)
+    assert state["bpm"] == started["bpm"] and state["tempo_source"] == "follow"
+    # The call (steps 0..30 at 132) ends in its second bar: the answer fills the third, on the 132 grid.
+    assert started["start_step"] == 32 and started["end_step"] == 48
+    ons = [t for t, m in d.recorded if m.type == "note_on"]
+    assert finished["notes"] == len(ons) > 0
+    positions = [(t - origin) / step_seconds(played_bpm) for t in ons]
+    assert all(32 <= round(p) < 48 for p in positions)
+    # Each on a 16th of it. The median, within a fifth of a 16th: this player shares the daemon's
+    # loop, so on a loaded machine its notes arrive late at random, which moves the grid read from
+    # them as well as the answer's notes (tests/test_jam_jack.py holds every onset to a quarter).
+    assert sorted(abs(p - round(p)) for p in positions)[len(positions) // 2] < 0.2
+    player = [n for n in decode(list(d.app.session.conversation.stream.tokens)) if n.start < 32]
+    assert [n.pitch for n in player] == [n.pitch for n in FOLLOW_CALL]
+    # The call tokenized on the grid read from it: its notes where the score has them (a note this
+    # in-process player sends more than half a 16th late lands on the next one).
+    assert sum(n.start == m.start for n, m in zip(player, FOLLOW_CALL)) >= len(FOLLOW_CALL) - 1
+
+
+def test_follow_mode_keeps_the_tempo_when_a_call_is_too_short_to_read(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, bpm=120.0, tempo_mode="follow", answer_bars=1) as d:
+            await play(phrase_events(CALL[:3], 120.0), d.ports.play, asyncio.get_running_loop().time() + 0.05)
+            return await d.wait_for("answer_started")
+
+    started = asyncio.run(scenario())
+    assert started["tempo_unreadable"].startswith("too short")
+    assert started["bpm"] == pytest.approx(120.0) and started["tempo_source"] == "fixed"
+
+
+def test_tapping_sets_the_tempo_and_beat_one(tiny_weights):
+    tapped_bpm = 150.0
+
+    async def scenario():
+        async with duet(tiny_weights, bpm=120.0, tap_cc=20, answer_bars=1) as d:
+            loop = asyncio.get_running_loop()
+            first = loop.time() + 0.05
+            # Eight taps: this tapper shares the daemon's loop, and the median of seven intervals
+            # stays right when a loaded machine delays a tap or two.
+            for k in range(8):
+                await asyncio.sleep(max(0.0, first + k * 60 / tapped_bpm - loop.time()))
+                d.ports.play(mido.Message("control_change", control=20, value=127))
+            await d.wait_for("tempo_tapped")
+            # The call starts a 16th after the tapped grid's next bar line: beat one stays on the taps' grid.
+            bar_line = first + 7 * 60 / tapped_bpm + 16 * step_seconds(tapped_bpm)
+            origin = bar_line + step_seconds(tapped_bpm)
+            await play(phrase_events(CALL, tapped_bpm), d.ports.play, origin)
+            started = await d.wait_for("answer_started")
+            await d.wait_for("answer_finished")
+            return d, bar_line, started
+
+    d, bar_line, started = asyncio.run(scenario())
+    assert [e["bpm"] for e in d.events if e["type"] == "tempo_tapped"][-1] == pytest.approx(tapped_bpm, rel=0.02)
+    assert started["tempo_source"] == "tap" and started["bpm"] == pytest.approx(tapped_bpm, rel=0.02)
+    ons = [t for t, m in d.recorded if m.type == "note_on"]
+    positions = [(t - bar_line) / step_seconds(tapped_bpm) for t in ons]
+    assert ons and all(16 <= round(p) < 32 for p in positions)  # the bar after the call, on the taps' grid
+    assert sorted(abs(p - round(p)) for p in positions)[len(positions) // 2] < 0.2  # late taps, as above
+    player = decode(list(d.app.session.conversation.stream.tokens))
+    assert player[0].start == 1  # the call's first note a 16th after beat one
+
+
+def test_a_count_in_clicks_one_bar_on_channel_10_and_sets_beat_one(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, bpm=150.0) as d:
+            d.app.command("count-in")
+            grid = d.app.session.timeline.grid
+            bar_line = grid.time_at(16)  # the bar after the count-in
+            await play(phrase_events(CALL, 150.0), d.ports.play, bar_line + step_seconds(150.0))
+            await d.wait_for("answer_finished")
+            return d, bar_line
+
+    d, bar_line = asyncio.run(scenario())
+    clicks = [(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off") and m.channel == 9]
+    ons = [(t, m) for t, m in clicks if m.type == "note_on" and m.velocity > 0]
+    assert [(m.note, m.velocity) for _, m in ons] == [(76, 110), (77, 70), (77, 70), (77, 70)]
+    beat = 60 / 150.0
+    # On the beats of the bar before it: each within a quarter beat (a loaded machine may stall the
+    # loop that sends them), at least two within a twentieth.
+    errors = sorted(abs((t - bar_line) / beat - expected) for (t, _), expected in zip(ons, (-4, -3, -2, -1)))
+    assert errors[-1] < 0.25 and errors[1] < 0.05
+    assert paired(clicks)
+    answer = [t for t, m in d.recorded if m.type == "note_on" and m.channel == 0]
+    positions = [(t - bar_line) / step_seconds(150.0) for t in answer]
+    # The call (from a 16th after the bar line to step 15) is answered in the next bar of the count-in's grid.
+    assert answer and all(16 <= round(p) < 32 for p in positions)
+    player = decode(list(d.app.session.conversation.stream.tokens))
+    assert player[0].start == 1 and not d.app.session.echoes.ignored
+
+
+def clicks_and_answer(recorded, origin: float, step: float) -> tuple[list[tuple[float, int]], list[float]]:
+    """(grid position, note) of every click on channel 10, and the grid positions of the answer's note-ons."""
+    ons = [(t, m) for t, m in recorded if m.type == "note_on" and m.velocity > 0]
+    clicks = [((t - origin) / step, m.note) for t, m in ons if m.channel == 9]
+    return clicks, [(t - origin) / step for t, m in ons if m.channel == 0]
+
+
+# ENDED hands over on the bar line at step 16; CALL's rhythm has a note due there (HANDING_OVER).
+@pytest.mark.parametrize("call", [ENDED, CALL], ids=["ended", "downbeat-due"])
+def test_count_in_mode_clicks_a_bar_before_each_answer_and_hears_none_of_it(tiny_weights, call):
+    async def scenario():
+        async with duet(tiny_weights, echo=True, click="count-in") as d:
+            origin = await d.play(call)
+            started = await d.wait_for("answer_started")
+            finished = await d.wait_for("answer_finished")
+            return d, origin, started, finished
+
+    d, origin, started, finished = asyncio.run(scenario())
+    # The bar after the call is the count-in's; the answer fills the one after it, on the same grid.
+    assert started["start_step"] == 32 and started["end_step"] == 48
+    clicks, answer = clicks_and_answer(d.recorded, origin, STEP)
+    assert [4 * round(p / 4) for p, _ in clicks] == [16, 20, 24, 28] and [n for _, n in clicks] == [76, 77, 77, 77]
+    assert answer and all(32 <= round(p) < 48 for p in answer)
+    assert paired([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")])
+    # Clicks and answer came back on the input (a synth's thru): none was taken for the player.
+    assert not finished["barged_in"] and finished["notes"] == len(answer)
+    assert d.app.session.stats["echoes_ignored"] == len(clicks) + len(answer)
+    assert [n.pitch for n in d.app.session.listener.call_notes] == [n.pitch for n in call]
+
+
+def test_always_clicks_every_beat_of_the_call_and_the_answer_until_stopped(tiny_weights):
+    async def scenario():
+        async with duet(tiny_weights, echo=True, click="always") as d:
+            origin = await d.play(ENDED)
+            finished = await d.wait_for("answer_finished")
+            await asyncio.sleep(0.3)  # between exchanges it keeps time
+            return d, origin, finished
+
+    d, origin, finished = asyncio.run(scenario())
+    clicks, answer = clicks_and_answer(d.recorded, origin, STEP)
+    beats = [round(p / 4) for p, _ in clicks]
+    # From the beat after the call's first onset, through the answer (steps 16..32), each beat at
+    # most once and accented on the bar lines. A loaded machine may delay a click, never by a
+    # whole 16th, or lose one (a loop stalled past the lookahead skips it rather than play it late).
+    assert beats == sorted(set(beats)) and beats[0] == 1 and beats[-1] >= 8 and len(beats) >= beats[-1] - 1
+    assert all(abs(p - 4 * b) < 1 for (p, _), b in zip(clicks, beats))
+    assert [n for _, n in clicks] == [76 if b % 4 == 0 else 77 for b in beats]
+    assert answer and all(16 <= round(p) < 32 for p in answer)
+    notes = [(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")]
+    assert paired(notes)  # the daemon stopped: every click released
+    # None of them was taken for the player (the last click's echo may come after the stop).
+    assert not finished["barged_in"] and d.app.session.stats["answers"] == 1
+    assert [n.pitch for n in d.app.session.listener.call_notes] == [n.pitch for n in ENDED]
+    assert d.app.session.stats["echoes_ignored"] >= len(clicks) - 1 + len(answer)

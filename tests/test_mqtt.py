@@ -31,8 +31,10 @@ from fixtures_mqtt import Broker, MqttObserver
 
 from daemon.mqtt import MAX_PAYLOAD_BYTES, CommandError, parse_setting
 
-STATE_KEYS = {"mode", "weights", "temperature", "top_p", "bpm", "meter", "answer_bars", "ports", "paused", "jam_mode",
-              "accompany_range"}
+# every live setting, then what the daemon reports of itself
+STATE_KEYS = {"temperature", "top_p", "bpm", "tempo_mode", "click", "answer_bars", "weights", "key", "register", "clashes",
+              "jam_mode", "accompany_range", "accompany_tail_bars",
+              "mode", "tempo_source", "meter", "ports", "paused", "preset", "controls", "last_latency_ms", "input"}
 
 
 # -- payload parsing (no broker) -------------------------------------------------------
@@ -119,6 +121,9 @@ def test_online_and_the_retained_state_document(jam: Jam, mosquitto_module: Brok
         ("set/tempo", "200", "bpm", 200.0),
         ("set/bpm", "240", "bpm", 240.0),
         ("set/temperature", "1", "temperature", 1.0),
+        ("set/tempo_mode", "follow", "tempo_mode", "follow"),
+        ("set/clashes", "free", "clashes", "free"),
+        ("set/key", '"F# minor"', "key", "F# minor"),
         ("set/accompany-range", "30-50", "accompany_range", "30-50"),
         ("set/accompany_range", "21-59", "accompany_range", "21-59"),
     ],

@@ -88,7 +88,11 @@ def test_a_planted_or_modified_library_is_not_loaded_but_rebuilt(fresh_build, pl
     assert native.native_unavailable() is None
     cached = next((fresh_build / "antiphon").glob("native_decode-*.so"))
     record = cached.with_suffix(".sha256").read_text()
-    cached.write_bytes(library.read_bytes())  # same name, other bytes
+    # Same name, other bytes; a new file renamed over it, as a planter would: rewriting the file
+    # in place would truncate the library this process has mapped (SIGBUS when it next runs it).
+    swapped = cached.with_name("planted.tmp")
+    swapped.write_bytes(library.read_bytes())
+    swapped.replace(cached)
     if not with_record:
         cached.with_suffix(".sha256").unlink()
     native._load.cache_clear()

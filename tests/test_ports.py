@@ -16,6 +16,7 @@ import pytest
 import rtmidi
 
 from daemon.midi_input import INPUT_BUFFER, RTMIDI_QUEUE, InputBuffer, InputPoller
+from daemon.port_release import release
 from daemon.ports import MidiUnavailable, find_port, list_ports
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
@@ -113,8 +114,7 @@ def test_ports_lists_what_exists_on_jack(jack_server):
         assert "listed-keys:output" in listing[0] and "listed-synth:input" in listing[1]
     finally:
         for port in (synth, keys):
-            port.close_port()
-            port.delete()
+            release(port)
 
 
 @pytest.mark.jack
@@ -134,8 +134,7 @@ def test_sysex_and_active_sensing_stop_at_the_port_clock_goes_through(jack_serve
         for message in ([0xF0, 0x7E, 0x7F, 0x06, 0x01, 0xF7], [0xFE], [0xF8], [0xFA], [0x90, 60, 100], [0x80, 60, 0]):
             keys.send_message(message)
         await asyncio.sleep(0.3)
-        keys.close_port()
-        keys.delete()
+        release(keys)
         ports.close()
         return received, sent
 
@@ -167,6 +166,5 @@ def test_a_burst_arrives_whole_and_in_order_while_another_thread_holds_the_gil(j
     finally:
         poller.stop()
         for port in (keys, synth):
-            port.close_port()
-            port.delete()
+            release(port)
     assert received == sent

@@ -100,6 +100,55 @@ def test_paused_the_session_listens_but_never_answers(tiny_weights):
         await asyncio.sleep(24 * STEP)  # past the bar line where it would have answered
         assert h.session.phase is Phase.CALLING
         assert not [e for e in h.events if e["type"] == "answer_started"]
-        assert h.session.stream.count > 1  # the played note is in the context
+        assert h.session.conversation.stream.count > 1  # the played note is in the context
 
     run(tiny_weights, scenario)
+
+
+def test_a_note_on_the_bar_line_withdraws_the_prepared_answer_unheard(tiny_weights):
+    async def scenario(h: Harness):
+        origin = now()
+        for start in (0, 4, 8, 12):  # every four steps: the next note is due on the bar line, 16
+            await asyncio.sleep(max(0.0, origin + start * STEP - now()))
+            h.note(60 + start, True)
+            await asyncio.sleep(STEP)
+            h.note(60 + start, False)
+        await h.until(lambda: h.session.phase is Phase.HANDING_OVER, "the prepared answer")
+        assert h.session.job.plan.start == 17 and h.session.job.plan.end == 32  # after the bar line
+        await asyncio.sleep(max(0.0, origin + 16 * STEP - now()))
+        h.note(76, True)  # the player goes on
+        assert h.session.phase is Phase.CALLING and h.session.job is None
+        assert h.session.stats["answers_withdrawn"] == 1 and h.session.stats["barge_ins"] == 0
+        await asyncio.sleep(STEP)
+        assert not [m for m in h.sent if m.type == "note_on"]  # nothing of the withdrawn answer was heard
+        h.note(76, False)
+        await h.until(lambda: h.session.phase is Phase.ANSWERING, "the answer after the longer call")
+        started = [e for e in h.events if e["type"] == "answer_started"]
+        assert len(started) == 1 and started[0]["start_step"] == 32 and started[0]["bars"] == 2
+
+    run(tiny_weights, scenario, answer_bars=0)
+
+
+@pytest.mark.parametrize("how", ["panic", "pause"])
+def test_an_interruption_returns_to_idle_from_any_phase(tiny_weights, how):
+    async def scenario(h: Harness):
+        h.session.receive(mido.Message("control_change", control=20, value=127), now())
+        h.note(60, True)
+        await asyncio.sleep(STEP)
+        h.note(60, False)
+        h.session.receive(mido.Message("control_change", control=20, value=127), now())
+        assert h.session.phase is Phase.ANSWERING
+        getattr(h.session, how)()
+        assert h.session.phase is Phase.IDLE and h.session.job is None
+        h.note(62, True)  # a key held through the interruption...
+        getattr(h.session, how)()
+        assert h.session.phase is Phase.IDLE  # ...ends with it
+        h.session.resume()
+        h.note(62, False)  # its late note-off changes nothing
+        assert h.session.phase is Phase.IDLE
+        end = h.session.timeline.end
+        h.note(64, True)
+        assert h.session.phase is Phase.CALLING
+        assert h.session.timeline.position(now()) == pytest.approx(end, abs=0.5)  # a new call, anchored afresh
+
+    run(tiny_weights, scenario, handover_cc=20, answer_bars=1)

@@ -82,6 +82,8 @@ def test_service_contract(path: Path) -> None:
     # Debian 12's systemd 252 has no notify-reload: reload is a SIGHUP.
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"  # the CLI's exit status for a bad configuration
+    assert service["ConfigurationDirectory"] == "antiphon"
     assert int(service["WatchdogSec"]) > 0
     assert 2 < int(service["TimeoutStopSec"]) <= 10
     start_limit = unit(path)["Unit"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from daemon.model import build_model, config_from_dict
-from daemon.weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_weights, save_weights
+from daemon.weights import CONFIG_FILE, WEIGHTS_FILE, WeightsError, check_weights_folder, load_weights, save_weights
 
 SMALL = {"kind": "transformer", "num_layers": 1, "d_model": 32, "num_heads": 4, "d_ff": 64}
 
@@ -94,3 +94,42 @@ def test_bad_json_and_wrong_codec_are_named(folder):
     (path / CONFIG_FILE).write_text("{not json")
     with pytest.raises(WeightsError, match="config.json: not valid JSON"):
         load_weights(path)
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"d_model": "32"}, r"model.d_model = '32', expected a whole number"),
+        ({"num_heads": 0}, r"model.num_heads = 0, expected 1..65536"),
+        ({"num_heads": 3}, r"d_model = 32 is not a multiple of num_heads = 3"),
+        ({"num_layers": True}, r"model.num_layers = True, expected a whole number"),
+        ({"vocab_size": 10}, r"model.vocab_size = 10, the codec has 153 tokens"),
+        ({"dropout": 1.0}, r"model.dropout = 1.0, expected 0 <= value < 1"),
+        ({"d_ff": 10**400}, r"model.d_ff = 1000.*, expected 1..65536"),
+        ({"d_model": 4096, "d_ff": 8192}, r"tensor embed.weight has shape \(153, 32\), the config needs \(153, 4096\)"),
+    ],
+)
+def test_a_bad_config_is_refused_in_one_line_before_anything_is_built(folder, change, reason):
+    path, _ = folder
+    edit_config(path, lambda d: d["model"].update(change))
+    with pytest.raises(WeightsError, match=reason) as refused:
+        check_weights_folder(path)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(WeightsError, match=reason):
+        load_weights(path)
+
+
+def test_a_config_that_is_a_folder_and_tensors_that_are_integers_are_named(folder):
+    path, _ = folder
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    save_file({name: t.to(torch.int32) for name, t in tensors.items()}, str(path / WEIGHTS_FILE))
+    with pytest.raises(WeightsError, match="has dtype I32, expected floating point"):
+        check_weights_folder(path)
+    (path / CONFIG_FILE).unlink()
+    (path / CONFIG_FILE).mkdir()
+    with pytest.raises(WeightsError, match="config.json: a folder, not a file"):
+        check_weights_folder(path)
+    with pytest.raises(WeightsError, match="cannot be read"):
+        check_weights_folder(path / ("x" * 300))

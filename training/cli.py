@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from daemon.paths import installed_version
+
 
 def _fit_parser(commands) -> None:
     parser = commands.add_parser(
@@ -186,6 +188,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antiphon-train", description="Train and evaluate Antiphon weights.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     _fit_parser(commands)
     _evaluate_parser(commands)

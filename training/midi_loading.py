@@ -12,7 +12,7 @@ from pathlib import Path
 import mido
 
 from daemon.codec import Note, encode_normalised, normalise
-from daemon.midifile import bar_starts_from
+from daemon.midifile import bar_starts_from, unreadable_reason
 
 RESOLUTION = 4
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
@@ -44,10 +44,7 @@ def load_midi(path: str | os.PathLike) -> LoadedMidi:
                 midi = _patterns_in_sequence(midi)
             music = muspy.from_mido(midi)
     except Exception as error:  # muspy/mido raise many kinds for a broken file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, EOFError):
-            reason = "the file ends early: empty or truncated"
-        raise MidiLoadError(f"{path}: not a readable MIDI file ({reason})") from None
+        raise MidiLoadError(f"{path}: not a readable MIDI file ({unreadable_reason(error)})") from None
     # Start and end are rounded to the grid, exactly as muspy's adjust_resolution (the paper's
     # loader) rounds them: a note shorter than half a step that does not straddle a grid
     # boundary gets duration 0 and is dropped. Rounding the duration on its own instead would

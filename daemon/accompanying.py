@@ -1,0 +1,113 @@
+"""Accompany mode on the event loop: a stretch of accompaniment starts when the player plays, is
+told the player's events, plays its notes on time, and hands its stream back when it ends.
+
+The worker's side is daemon/accompaniment.py, the token logic daemon/accompanist.py. From a
+job's start until it is done the worker holds the conversation's stream: the `Conversation`
+passes the player's committed notes to the job meanwhile, and takes the stream back at the end.
+
+Threads: the event loop only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+from daemon.accompaniment import AccompanyJob, AccompanyPlan, accompaniment_report, accompany
+from daemon.answer_loop import AnswerOptions
+from daemon.answer_playback import AnswerPlayback
+from daemon.answerer import Answerer
+from daemon.codec import Note
+from daemon.config import Settings, parse_pitch_range
+from daemon.conversation import Conversation
+from daemon.listener import Listener
+from daemon.live_tokenizer import quantise
+from daemon.steering import PlayerSteering
+from daemon.timeline import Timeline
+
+
+class Accompanying:
+    def __init__(self, answerer: Answerer, timeline: Timeline, conversation: Conversation, listener: Listener,
+                 playback: AnswerPlayback, emit: Callable[[dict], None], on_end: Callable[[], None]) -> None:
+        self.answerer = answerer
+        self.timeline = timeline
+        self.conversation = conversation
+        self.listener = listener
+        self.playback = playback
+        self.emit = emit
+        self.on_end = on_end  # a job is done (the session's phase follows)
+        self.job: AccompanyJob | None = None  # from its start until the worker is done with it
+
+    def onset(self, settings: Settings, pitch: int, velocity: int, t: float, rng: np.random.Generator) -> None:
+        """A key goes down at time t: it goes into the accompaniment's stream at once; with no
+        accompaniment running, one starts."""
+        step = quantise(self.timeline.position(t))
+        job = self.job or self._start(settings, t, step, rng)
+        job.activity(step)
+        job.onset(step, pitch, velocity)
+
+    def release(self, position: float) -> None:
+        """A key comes up: the player is active up to the last step the note sounds in (its end,
+        rounded as the tokenizer rounds it, is exclusive: a release at a bar line ends the bar
+        before it, however late it is stamped). A release never starts an accompaniment."""
+        if self.job is not None:
+            self.job.activity(quantise(position) - 1)
+
+    def held(self, position: float) -> None:
+        """Keys are still down (the call feed's ticker): the player is still playing."""
+        if self.job is not None:
+            self.job.activity(position)
+
+    def stop(self) -> None:
+        """Stop the accompaniment now and release its notes; the worker hands its stream back."""
+        job = self.job
+        if job is None or job.stop.is_set():
+            return
+        job.stop.set()
+        self.playback.output.release_all()
+
+    def swap_engine(self, engine) -> Future:
+        """The accompaniment plays with the old engine: it stops, and the new one is primed with
+        the stream it hands back (the worker runs the swap after the job)."""
+        job = self.job
+        self.stop()
+        return self.answerer.swap(engine, lambda: list(job.stream.tokens))
+
+    def _start(self, settings: Settings, t: float, step: int, rng: np.random.Generator) -> AccompanyJob:
+        jam, timeline = settings.jam, self.timeline
+        join = timeline.join_step(t)
+        plan = AccompanyPlan(join, timeline.bar_origin, jam.accompany_tail_bars, self.listener.velocity(jam.velocity),
+                             parse_pitch_range(jam.accompany_range), timeline.view,
+                             AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps),
+                             PlayerSteering(jam, timeline.steps_per_bar, self.listener.call_notes),
+                             jam.accompany_lookahead_steps, self.playback.output.send_ahead, rng)
+        self.job = job = AccompanyJob(plan, self.conversation.stream.copy(), step)
+        self.conversation.accompaniment = job
+        self.emit({"type": "accompaniment_started", "join_step": join})
+        self.emit({"type": "state"})
+        answerer = self.answerer
+        answerer.run(accompany, job, answerer.post, self._play, self._done, lambda: answerer.token_seconds)
+        return job
+
+    def _play(self, job: AccompanyJob, note: Note) -> None:
+        if job.stop.is_set():
+            return
+        self.playback.output.play(self.playback.channel, note.pitch, note.velocity, self.timeline.time_at(note.start),
+                                  self.timeline.time_at(note.start + note.duration))
+        job.played += 1
+        self.timeline.extend_to(note.start)
+
+    def _done(self, job: AccompanyJob) -> None:
+        """The worker is done: its stream (which the engine holds) is the conversation's again."""
+        job.done = True
+        if self.job is job:
+            self.job = None
+        self.conversation.take_stream(job)
+        accompanist = job.accompanist
+        self.conversation.add_player_notes([n for n in job.leftover if not (accompanist and accompanist.entered(n))])
+        stats = self.playback.output.stats
+        self.emit(accompaniment_report(job, stats.late_played, stats.late_dropped))
+        self.emit({"type": "state"})
+        self.on_end()

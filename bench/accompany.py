@@ -2,17 +2,21 @@
 daemon (mode accompany), the model accompanying below middle C, against the file's own lower part
 (the human reference) and a random grammar-valid stream in the same range (the floor).
 
-    nice -n 19 python bench/accompany.py [--pieces 3] [--bars 4] [--weights transformer] [--range 21-59]
+    nice -n 19 python bench/accompany.py [--pieces 6] [--bars 8] [--weights transformer] [--range 21-59] \
+        [--data FOLDER ...] [-- DAEMON FLAGS, e.g. --key auto]
 
 Each piece: its notes split at middle C (60 and up: the upper part, played; below: the lower
 part, the human reference); the first `--bars` bars from the upper part's first onset (beat one for the daemon);
 a fresh daemon at the file's tempo (fixed mode), the upper part sent with uniform +-8 ms onset
-jitter. Prints one JSON line:
+jitter. Prints one JSON line per test folder (the first `--pieces` files of each whose excerpt has
+4 or more upper notes), figures as mean and standard error over the pieces:
 - pieces, bars_per_piece;
 - model_notes_per_bar (model onsets while the player plays), late_notes (the daemon's count),
-  rollbacks_per_bar, rollback_ms_p99 (the largest of the daemon's per-stretch p99s: a rollback
-  and the player's note going in), tail_bars_max (how far past the end of the player's last bar
-  the model still sounded, in bars), unreleased (note-ons never ended);
+  rollbacks_per_bar, event_ms_p99 and redecide_ms_p99 (the largest of the daemon's per-stretch
+  p99s: a player's note going in, and that plus deciding again to the lookahead),
+  moved / revised (player's notes placed late, lengths put right at release), tail_bars_max (how
+  far past the end of the player's last bar the model still sounded, in bars), unreleased
+  (note-ons never ended);
 - in_scale_rate (model notes in the key of the player's part, Krumhansl-Schmuckler,
   daemon/keys.py), on_beat_rate (onsets on a quarter note), and the same notes_per_bar /
   in_scale_rate / on_beat_rate for human_* and random_*.
@@ -44,22 +48,18 @@ from daemon.clock import step_seconds  # noqa: E402
 from daemon.codec import Note, is_duration, token_value  # noqa: E402
 from daemon.config import parse_pitch_range  # noqa: E402
 from daemon.jack_server import JackServer  # noqa: E402
+from daemon.keys import find_key  # noqa: E402
 from daemon.live_tokenizer import TokenStream  # noqa: E402
 from daemon.playing import Keyboard, notes_from  # noqa: E402
 from daemon.sampling import make_generator, sample  # noqa: E402
 from training.midi_loading import load_midi, midi_files  # noqa: E402
 
-try:
-    from daemon.keys import find_key  # branch answer-quality (issue: answer steering)
-except ImportError:
-    sys.exit("bench/accompany.py needs daemon/keys.py (Krumhansl-Schmuckler key finding) from branch answer-quality")
-
 ANTIPHON = Path(sys.executable).with_name("antiphon")
 BAR = 16
 MIDDLE_C = 60
 JITTER_S = 0.008
-REPORT = re.compile(r"accompaniment: (\d+) notes, (\d+) rollbacks \(p99 (\S+) ms\), (\d+) player's notes moved, "
-                    r"late notes so far: (\d+) played, (\d+) dropped")
+REPORT = re.compile(r"accompaniment: (\d+) notes, (\d+) rollbacks \(event p99 (\S+) ms, re-decided p99 (\S+) ms\), "
+                    r"(\d+) player's notes moved, (\d+) lengths revised, late notes so far: (\d+) played, (\d+) dropped")
 
 
 def file_bpm(path: Path) -> float:
@@ -134,7 +134,7 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
     bpm = file_bpm(path)
     command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", f"antiphon-acc{number}",
                "--bpm", str(bpm), "--seed", str(number), "--weights", args.weights, "--mode", "accompany",
-               "--accompany-range", args.range, "--no-follow-clock"]
+               "--accompany-range", args.range, "--no-follow-clock", *args.daemon_flags]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
     lines: list[str] = []
@@ -184,55 +184,71 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
         "model": figures(model, key, args.bars),
         "human": figures(lower, key, args.bars),
         "random": figures(random_stream(args.bars, (low, high), number), key, args.bars),
-        "late": (int(reports[-1][4]) + int(reports[-1][5])) if reports else 0,
+        "late": (int(reports[-1][6]) + int(reports[-1][7])) if reports else 0,
         "rollbacks": sum(int(r[1]) for r in reports),
-        "rollback_ms_p99": max((float(r[2]) for r in reports if r[2] != "None"), default=0.0),
+        "event_ms_p99": max((float(r[2]) for r in reports if r[2] != "None"), default=0.0),
+        "redecide_ms_p99": max((float(r[3]) for r in reports if r[3] != "None"), default=0.0),
+        "moved": sum(int(r[4]) for r in reports),
+        "revised": sum(int(r[5]) for r in reports),
         "tail_bars": max(0.0, (last_sound - bar_end) / BAR),
         "unreleased": sum(count for count in sounding.values() if count > 0),
         "model_in_range": all(low <= n.pitch <= high for n in model),
     }
 
 
+def summary(folder: Path, results: list[dict], args: argparse.Namespace) -> dict:
+    bars = sum(r["bars"] for r in results)
+
+    def mean(source: str, figure: str) -> list[float]:
+        values = [r[source][figure] for r in results if not np.isnan(r[source][figure])]
+        if not values:
+            return [float("nan"), float("nan")]
+        error = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+        return [round(float(np.mean(values)), 3), round(float(error), 3)]
+
+    line = {
+        "data": folder.name if folder.name != "test" else folder.parent.name, "pieces": len(results),
+        "bars_per_piece": args.bars, "weights": args.weights, "range": args.range, "daemon_flags": args.daemon_flags,
+        "late_notes": sum(r["late"] for r in results),
+        "unreleased": sum(r["unreleased"] for r in results),
+        "all_in_range": all(r["model_in_range"] for r in results),
+        "tail_bars_max": max((r["tail_bars"] for r in results), default=0.0),
+        "rollbacks_per_bar": round(sum(r["rollbacks"] for r in results) / max(bars, 1), 3),
+        "event_ms_p99": max((r["event_ms_p99"] for r in results), default=0.0),
+        "redecide_ms_p99": max((r["redecide_ms_p99"] for r in results), default=0.0),
+        "moved": sum(r["moved"] for r in results),
+        "revised": sum(r["revised"] for r in results),
+    }
+    for source in ("model", "human", "random"):
+        for figure in ("notes_per_bar", "in_scale_rate", "on_beat_rate"):
+            line[f"{source}_{figure}"] = mean(source, figure)
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/reference/test"))
-    parser.add_argument("--pieces", type=int, default=3)
-    parser.add_argument("--bars", type=int, default=4)
+    parser.add_argument("--data", type=Path, nargs="+",
+                        default=[ROOT.parent / "shared/data/reference/test", ROOT.parent / "shared/data/schubert/test"])
+    parser.add_argument("--pieces", type=int, default=6, help="per folder")
+    parser.add_argument("--bars", type=int, default=8)
     parser.add_argument("--weights", default="transformer")
     parser.add_argument("--range", default="21-59")
     parser.add_argument("--period", type=int, default=256, help="JACK period in frames at 48 kHz")
+    parser.add_argument("daemon_flags", nargs="*", help="after --: more flags for the daemon, e.g. --key auto")
     args = parser.parse_args()
-    results = []
+    number = 0
     with JackServer(period=args.period, realtime=False):
-        for number, path in enumerate(midi_files(args.data)):
-            if len(results) == args.pieces:
-                break
-            result = run_piece(path, args, number)
-            if result is not None:
-                print(f"{path.name}: {json.dumps(result)}", file=sys.stderr)
-                results.append(result)
-    bars = sum(r["bars"] for r in results)
-
-    def mean(source: str, figure: str) -> float:
-        values = [r[source][figure] for r in results if not np.isnan(r[source][figure])]
-        return round(float(np.mean(values)), 3) if values else float("nan")
-
-    summary = {
-        "pieces": len(results), "bars_per_piece": args.bars, "weights": args.weights, "range": args.range,
-        "model_notes_per_bar": mean("model", "notes_per_bar"),
-        "late_notes": sum(r["late"] for r in results),
-        "rollbacks_per_bar": round(sum(r["rollbacks"] for r in results) / max(bars, 1), 3),
-        "rollback_ms_p99": max((r["rollback_ms_p99"] for r in results), default=0.0),
-        "in_scale_rate": mean("model", "in_scale_rate"),
-        "on_beat_rate": mean("model", "on_beat_rate"),
-        "tail_bars_max": max((r["tail_bars"] for r in results), default=0.0),
-        "unreleased": sum(r["unreleased"] for r in results),
-        "all_in_range": all(r["model_in_range"] for r in results),
-    }
-    for source in ("human", "random"):
-        for figure in ("notes_per_bar", "in_scale_rate", "on_beat_rate"):
-            summary[f"{source}_{figure}"] = mean(source, figure)
-    print(json.dumps(summary))
+        for folder in args.data:
+            results = []
+            for path in midi_files(folder):
+                if len(results) == args.pieces:
+                    break
+                number += 1
+                result = run_piece(path, args, number)
+                if result is not None:
+                    print(f"{path.name}: {json.dumps(result)}", file=sys.stderr)
+                    results.append(result)
+            print(json.dumps(summary(folder, results, args)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""What a rollback costs: roll the engine back to a player's note inside the lookahead, feed the
-note, and re-decide what had been decided past it, both models, the default engine (kernel and
-precision "auto"), on the token streams of the reference test files.
+"""What a player's note costs the accompaniment: the `Accompanist` itself (no clock, no ports), both
+models, the default engine (kernel and precision "auto"), the test files' upper part played into
+it, the model accompanying in 21-59 and deciding `--lookahead` sixteenths ahead.
 
-    python bench/rollback.py [--weights-root DIR] [--lookahead STEPS] [--trials N] [--files N]
+    python bench/rollback.py [--lookahead STEPS] [--files N] [--bars N] [--threads 1]
 
-Each trial stands at a random point of a stream past the 256-token context, decides ahead
-(feeds the stream's own tokens for the next `--lookahead` sixteenths), then, timed: rolls back to
-a random position inside what it decided, feeds a player's note (3 tokens) and re-decides the
-tokens it took back, each sampled under the grammar's mask and fed, as the accompanist does.
-Prints one JSON line: <kind>_rollback_ms_p50/p99/max, the engine's rollback() alone
-(<kind>_rollback_only_ms_p99), <kind>_tokens_taken_back_p50/max, the
-step's cost for scale (<kind>_step_ms_p50) and the budget, one 16th at 200 bpm (75 ms).
+Each file: its notes split at middle C; the upper part's first `--bars` bars go in as a player's
+notes do live: at each sixteenth, the keys struck then (player_onset: rolled back to where they
+belong, in with the model's guess of their length), the keys released then (player_note: the
+length put right), then the model decides to the lookahead and playback fixes the step.
+Prints one JSON line, per model:
+- <kind>_event_ms_p50/p99/max: a player's note going into the stream (rollback and re-feeding of
+  what sounded after it included), the `Accompanist.stats.seconds` of the live daemon;
+- <kind>_redecide_ms_p50/p99/max: that, plus deciding again up to the lookahead: how long after a
+  player's key the worker is ready to fix the next step (the live daemon's `redecide_ms_p99`);
+- <kind>_rollbacks_per_event, revised / unrevised lengths, moved notes, <kind>_step_ms_p50 (one
+  sampled token) and the budget, one 16th at 200 bpm (75 ms). Goal: redecide p99 under 5 ms.
 """
 
 from __future__ import annotations
@@ -27,95 +31,95 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.codec import BAR, MAX_NOTE_OFFSET, Note, is_offset, note_event_tokens, token_value  # noqa: E402
-from daemon.engine import CONTEXT, Engine  # noqa: E402
-from daemon.grammar import INITIAL, NEED_OFFSET, advance, next_mask  # noqa: E402
-from daemon.sampling import make_generator, sample  # noqa: E402
+from daemon.accompanist import Accompanist  # noqa: E402
+from daemon.answer_loop import AnswerOptions  # noqa: E402
+from daemon.engine import Engine  # noqa: E402
+from daemon.live_tokenizer import TokenStream  # noqa: E402
+from daemon.paths import shipped_weights  # noqa: E402
+from daemon.sampling import make_generator  # noqa: E402
 from daemon.weights import load_weights  # noqa: E402
 from training.midi_loading import load_folder  # noqa: E402
 
 BUDGET_MS = 60_000 / 200 / 4  # one sixteenth at 200 bpm
+BAR = 16
+MIDDLE_C = 60
 
 
-def token_steps(tokens: list[int]) -> list[int]:
-    """The grid step each token of a stream stands at (the bar's, or its note's)."""
-    steps, bar, offset = [], 0, 0
-    for index, token in enumerate(tokens):
-        if is_offset(token):
-            offset = token_value(token)
-        elif token == BAR and index:
-            bar += offset
-            offset = 0
-        steps.append(bar + offset)
-    return steps
+def play(accompanist: Accompanist, upper: list, lookahead: int, steps: int) -> tuple[list[float], list[float]]:
+    """Play the upper part into the accompanist step by step: (ms per player's event, ms per step
+    with events including the decide after them)."""
+    onsets: dict[int, list] = {}
+    releases: dict[int, list] = {}
+    for note in upper:
+        onsets.setdefault(note.start, []).append(note)
+        releases.setdefault(note.start + note.duration, []).append(note)
+    events, redecide = [], []
+    for step in range(steps):
+        began = time.perf_counter()
+        struck = sorted(onsets.get(step, []), key=lambda n: n.pitch)
+        for note in struck:
+            accompanist.player_onset(note.start, note.pitch, note.velocity)
+        for note in releases.get(step, []):
+            accompanist.player_note(note)
+        events_done = time.perf_counter()
+        accompanist.decide(step + lookahead, step + 1)
+        if struck or releases.get(step):
+            events.append((events_done - began) * 1000 / max(1, len(struck) + len(releases.get(step, []))))
+            redecide.append((time.perf_counter() - began) * 1000)
+        accompanist.fix(step)
+    accompanist.finish()
+    return events, redecide
 
 
-def trial(engine: Engine, tokens: list[int], steps: list[int], at: int, lookahead: int,
-          rng: np.random.Generator) -> tuple[float, float, int, float]:
-    """(milliseconds of rollback + player's note + re-deciding, of the rollback alone, tokens
-    taken back, ms per step)."""
-    engine.reset(tokens[at - CONTEXT : at])
-    ahead = at
-    while ahead < len(tokens) and steps[ahead] <= steps[at] + lookahead:
-        ahead += 1
-    began = time.perf_counter()
-    engine.feed(tokens[at:ahead])  # decided ahead
-    step_ms = (time.perf_counter() - began) * 1000 / max(1, ahead - at)
-    back_to = int(rng.integers(at, ahead + 1))
-    state = INITIAL
-    for token in tokens[:back_to]:  # the grammar state there (not timed: the stream keeps it)
-        state = advance(state, token)
-    began = time.perf_counter()
-    engine.rollback(CONTEXT + back_to - at)  # the engine counts from its reset
-    rollback_ms = (time.perf_counter() - began) * 1000
-    if state.phase == NEED_OFFSET and state.last_offset < MAX_NOTE_OFFSET:  # a player's note fits here
-        player = note_event_tokens(0, Note(state.last_offset + 1, 72, 2))[0]
-        engine.feed(player)
-        for token in player:
-            state = advance(state, token)
-    for _ in range(ahead - back_to):
-        token = sample(engine.logits, next_mask(state), 1.0, 0.95, rng)
-        engine.feed([token])
-        state = advance(state, token)
-    return (time.perf_counter() - began) * 1000, rollback_ms, ahead - back_to, step_ms
+def percentiles(name: str, values: list[float]) -> dict[str, float]:
+    return {f"{name}_p50": round(float(np.percentile(values, 50)), 3),
+            f"{name}_p99": round(float(np.percentile(values, 99)), 3),
+            f"{name}_max": round(float(np.max(values)), 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/reference/test"))
-    parser.add_argument("--weights-root", type=Path, default=ROOT / "weights")
-    parser.add_argument("--lookahead", type=int, default=4, help="sixteenths decided ahead ([jam] lookahead_steps)")
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--lookahead", type=int, default=2, help="sixteenths decided ahead ([jam] accompany_lookahead_steps)")
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--bars", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    streams = [item.tokens for item in load_folder(args.data, report=lambda *_: None).loaded
-               if len(item.tokens) > CONTEXT + 64][: args.files]
-    rng = make_generator(1)
-    results: dict[str, float | int | str] = {"lookahead_steps": args.lookahead, "trials": args.trials,
-                                             "budget_ms": BUDGET_MS}
+    uppers = []
+    for item in load_folder(args.data, report=lambda *_: None).loaded:
+        upper = [n for n in item.notes if n.pitch >= MIDDLE_C]
+        if upper:
+            first = min(n.start for n in upper)
+            uppers.append([n._replace(start=n.start - first) for n in upper if n.start < first + args.bars * BAR])
+        if len(uppers) == args.files:
+            break
+    results: dict[str, float | int | str] = {"lookahead_steps": args.lookahead, "files": len(uppers),
+                                             "bars": args.bars, "budget_ms": BUDGET_MS}
     for kind in ("transformer", "lstm"):
-        engine = Engine(load_weights(args.weights_root / kind).model, "cpu", precision="auto")
+        engine = Engine(load_weights(shipped_weights(kind)).model, "cpu", precision="auto")
         results[f"{kind}_engine"] = f"{engine.kernel} {engine.precision}"
-        costs, alone, taken, steps_ms = [], [], [], []
-        for number in range(args.trials):
-            tokens = streams[number % len(streams)]
-            steps = token_steps(tokens)
-            ms, rollback_ms, back, step_ms = trial(engine, tokens, steps, int(rng.integers(CONTEXT, len(tokens) - 64)),
-                                      args.lookahead, rng)
-            costs.append(ms)
-            alone.append(rollback_ms)
-            taken.append(back)
-            steps_ms.append(step_ms)
+        events, redecide, stats, tokens, seconds = [], [], [], 0, 0.0
+        for number, upper in enumerate(uppers):
+            stream = TokenStream(BAR, history=1 << 16)
+            engine.reset(list(stream.tokens))
+            accompanist = Accompanist(engine, stream, AnswerOptions(1.0, 0.95, 16), (21, 59), make_generator(number), 80)
+            began = time.perf_counter()
+            e, r = play(accompanist, upper, args.lookahead, args.bars * BAR + BAR)
+            seconds += time.perf_counter() - began
+            tokens += accompanist.tokens
+            events += e
+            redecide += r
+            stats.append(accompanist.stats)
+        results.update(percentiles(f"{kind}_event_ms", events))
+        results.update(percentiles(f"{kind}_redecide_ms", redecide))
         results.update({
-            f"{kind}_rollback_ms_p50": round(float(np.percentile(costs, 50)), 3),
-            f"{kind}_rollback_ms_p99": round(float(np.percentile(costs, 99)), 3),
-            f"{kind}_rollback_ms_max": round(float(np.max(costs)), 3),
-            f"{kind}_rollback_only_ms_p99": round(float(np.percentile(alone, 99)), 3),
-            f"{kind}_tokens_taken_back_p50": float(np.percentile(taken, 50)),
-            f"{kind}_tokens_taken_back_max": int(np.max(taken)),
-            f"{kind}_step_ms_p50": round(float(np.percentile(steps_ms, 50)), 3),
+            f"{kind}_events": len(events),
+            f"{kind}_rollbacks_per_event": round(sum(s.count for s in stats) / len(events), 3),
+            f"{kind}_revised": sum(s.revised for s in stats),
+            f"{kind}_unrevised": sum(s.unrevised for s in stats),
+            f"{kind}_moved": sum(s.moved for s in stats),
+            f"{kind}_step_ms_p50": round(seconds * 1000 / max(tokens, 1), 3),
         })
     print(json.dumps(results))
 

@@ -189,7 +189,8 @@ def accompaniment_report(job: AccompanyJob, late_played: int, late_dropped: int)
         "late_dropped": late_dropped,
         "stopped": job.stop.is_set(),
     }
-    log.info("accompaniment: %d notes, %d rollbacks (p99 %s ms), %d player's notes moved, late notes so far: "
-             "%d played, %d dropped%s", job.played, event["rollbacks"], event["rollback_ms_p99"],
-             event["moved_player_notes"], late_played, late_dropped, " (stopped)" if event["stopped"] else "")
+    log.info("accompaniment: %d notes, %d rollbacks (event p99 %s ms, re-decided p99 %s ms), %d player's notes moved, "
+             "%d lengths revised, late notes so far: %d played, %d dropped%s", job.played, event["rollbacks"],
+             event["rollback_ms_p99"], event["redecide_ms_p99"], event["moved_player_notes"],
+             event["revised_player_notes"], late_played, late_dropped, " (stopped)" if event["stopped"] else "")
     return event

@@ -2,7 +2,12 @@
 
 The `Accompanist` holds the conversation's stream and the engine fed with it. The model decides
 ahead of playback (`decide`: every token sampled under `compose_mask`, narrowed to the
-accompaniment's pitch range); what playback reaches is fixed (`fix`: those notes are sent and
+accompaniment's pitch range). The model knows piano music whole, not a part of it: where it
+begins a note, it may mean one of the player's. So a note is begun only as often as the model
+would put its pitch inside the range: once the onset is drawn, it stays with the probability
+the model gives the range's pitches there, and is otherwise taken back and ruled out at that
+decision point (within a step pitches rise, so an onset whose lowest note the model places
+above the range has no note in it for the accompaniment). What playback reaches is fixed (`fix`: those notes are sent and
 stay). A player's note goes into the stream at its onset (`player_onset`), where it belongs in
 time, with the duration the model expects of it; its release brings the real one
 (`player_note`). Each of these may belong before notes already in the stream: the stream and
@@ -50,6 +55,7 @@ from daemon.steering import PlayerSteering
 
 OPEN_END = 1 << 30  # no end step: the player is still playing
 DURATIONS = slice(DURATION_BASE, DURATION_BASE + MAX_DURATION)
+PITCHES = slice(PITCH_BASE, PITCH_BASE + PITCH_MAX - PITCH_MIN + 1)
 SEEN_NOTES = 128  # the model's latest notes the narrowings see (steering looks back a bar or two)
 
 
@@ -108,6 +114,8 @@ class Accompanist:
         self.options = AnswerOptions(options.temperature, options.top_p, options.max_note_steps,
                                      narrowings if steering is None else (*narrowings, steering.narrow))
         self.steering = steering
+        pitches = np.arange(PITCH_MIN, PITCH_MAX + 1)
+        self.in_range = (pitches >= pitch_range[0]) & (pitches <= pitch_range[1])
         self.rng = rng
         self.velocity = velocity
         self.points: list[DecisionPoint] = []
@@ -132,13 +140,24 @@ class Accompanist:
         stream, engine, bar_len = self.stream, self.engine, self.stream.steps_per_bar
         earliest = max(earliest, self.fixed_step + 1)
         new: list[Note] = []
+        ruled_out: list[int] = []  # onset tokens of this decision point whose note the model put outside the range
         while True:
             state = stream.state
             if state.phase == NEED_OFFSET:
-                self._point()
+                if self._point():
+                    ruled_out = []
                 if self.frontier > horizon:
                     break
+            elif state.phase == HAVE_OFFSET and not self._onset_stays(state):
+                point = self.points[-1]  # just before the onset token
+                stream.rewind(point.stream)
+                engine.rollback(point.engine_position)
+                ruled_out.append(OFFSET_BASE + state.offset)
+                continue
             mask = compose_mask(state, stream.last_bar, bar_len, earliest, end, self.options, self.model_notes)
+            mask[ruled_out] = False
+            if not mask.any():
+                break  # every onset ruled out and the bar line not to be written (the end)
             token = sample(engine.logits, mask, self.options.temperature, self.options.top_p, self.rng)
             if is_offset(token) and token_value(token) == bar_len and stream.last_bar + bar_len >= end:
                 break  # the bar line at the end: whoever plays next writes it
@@ -156,6 +175,14 @@ class Accompanist:
                     del self.model_notes[:SEEN_NOTES]
                 new.append(note)
         return new
+
+    def _onset_stays(self, state: GrammarState) -> bool:
+        """A drawn onset stays with the probability the model gives the range's pitches after it."""
+        allowed = next_mask(state)[PITCHES]
+        logits = self.engine.logits[PITCHES][allowed] / max(self.options.temperature, 1e-6)
+        weights = np.exp(logits - logits.max())
+        inside = weights[self.in_range[allowed]].sum()
+        return self.rng.random() * weights.sum() < inside
 
     def fix(self, step: int) -> list[Note]:
         """Playback reaches `step`: the decided notes starting at or before it are fixed (sent,
@@ -306,7 +333,9 @@ class Accompanist:
             self.model_notes.append(note)
         self._point()
 
-    def _point(self) -> None:
-        """Record the decision point here (once per stream position)."""
-        if not self.points or self.points[-1].stream.count != self.stream.count:
-            self.points.append(DecisionPoint(self.stream.mark(), self.engine.position))
+    def _point(self) -> bool:
+        """Record the decision point here (once per stream position); True if it is new."""
+        if self.points and self.points[-1].stream.count == self.stream.count:
+            return False
+        self.points.append(DecisionPoint(self.stream.mark(), self.engine.position))
+        return True

@@ -40,10 +40,11 @@ def _number(name: str, title: str, step: float, icon: str) -> Entity:
     })
 
 
-def _select(name: str, title: str, icon: str) -> Entity:
-    return Entity("select", name, {"name": title, "command_topic": f"set/{name}",
-                                   "options": list(setting_choices(LIVE_SETTINGS[name])),
-                                   "value_template": f"{{{{ value_json.{name} }}}}", "icon": icon})
+def _select(name: str, title: str, icon: str, shown_as: str = "") -> Entity:
+    """`shown_as`: the setting's name in the state document, where that is another (jam_mode)."""
+    return Entity("select", shown_as or name, {"name": title, "command_topic": f"set/{name}",
+                                               "options": list(setting_choices(LIVE_SETTINGS[name])),
+                                               "value_template": f"{{{{ value_json.{shown_as or name} }}}}", "icon": icon})
 
 
 def entities(weights: list[str], presets: list[str]) -> list[Entity]:
@@ -56,6 +57,7 @@ def entities(weights: list[str], presets: list[str]) -> list[Entity]:
                                      "value_template": "{{ value_json.weights.name }}", "icon": "mdi:brain"}),
         _select("tempo_mode", "Tempo mode", "mdi:metronome"),
         _select("click", "Click", "mdi:metronome-tick"),
+        _select("mode", "Jam mode", "mdi:account-music", shown_as="jam_mode"),
         # The switch's state is compared with payload_on/payload_off (ON/OFF), as set/paused takes them.
         Entity("switch", "paused", {"name": "Paused", "command_topic": "set/paused", "payload_on": "ON",
                                     "payload_off": "OFF", "value_template": "{{ 'ON' if value_json.paused else 'OFF' }}",

@@ -19,7 +19,7 @@ jinja2 = pytest.importorskip("jinja2")  # torch's own dependency
 PREFIX = "antiphon/living room"
 STATE = {"mode": "answering", "weights": {"name": "lstm", "path": "/w/lstm", "kind": "lstm"}, "temperature": 0.8,
          "top_p": 0.9, "bpm": 100.0, "answer_bars": 2, "paused": True, "preset": "warm", "last_latency_ms": 2.5,
-         "tempo_mode": "follow", "click": "count-in"}
+         "tempo_mode": "follow", "click": "count-in", "jam_mode": "accompany"}
 
 
 def render(template: str, state: dict) -> str:
@@ -30,15 +30,15 @@ def test_documents_name_one_device_and_the_daemons_own_topics() -> None:
     found = documents("homeassistant", PREFIX, ["lstm", "transformer"], ["warm", "wild"], "1.2.3")
     docs = {topic: json.loads(document) for topic, document in found}
     assert "homeassistant/number/antiphon_living_room/temperature/config" in docs
-    assert len({d["unique_id"] for d in docs.values()}) == len(docs) == 14
+    assert len({d["unique_id"] for d in docs.values()}) == len(docs) == 15
     assert all(d["availability_topic"] == f"{PREFIX}/status" for d in docs.values())
     assert len({json.dumps(d["device"]) for d in docs.values()}) == 1
     components = sorted(topic.split("/")[1] for topic in docs)
-    assert components == ["button"] * 3 + ["number"] * 3 + ["select"] * 4 + ["sensor"] * 3 + ["switch"]
+    assert components == ["button"] * 3 + ["number"] * 3 + ["select"] * 5 + ["sensor"] * 3 + ["switch"]
     rendered = {topic.split("/")[-2]: render(d["value_template"], STATE) for topic, d in docs.items()
                 if "value_template" in d}
     assert rendered == {"temperature": "0.8", "top_p": "0.9", "answer_bars": "2", "weights": "lstm", "preset": "warm",
-                        "tempo_mode": "follow", "click": "count-in",
+                        "tempo_mode": "follow", "click": "count-in", "jam_mode": "accompany",
                         "paused": "ON", "mode": "answering", "bpm": "100.0", "latency": "2.5"}
     commands = {topic.split("/")[-2]: d["command_topic"] for topic, d in docs.items() if "command_topic" in d}
     assert commands["temperature"] == f"{PREFIX}/set/temperature" and commands["panic"] == f"{PREFIX}/cmd/panic"
@@ -46,6 +46,8 @@ def test_documents_name_one_device_and_the_daemons_own_topics() -> None:
     assert docs["homeassistant/select/antiphon_living_room/weights/config"]["options"] == ["lstm", "transformer"]
     assert docs["homeassistant/select/antiphon_living_room/click/config"]["options"] == ["off", "count-in", "always"]
     assert docs["homeassistant/select/antiphon_living_room/tempo_mode/config"]["options"] == ["fixed", "follow"]
+    jam_mode = docs["homeassistant/select/antiphon_living_room/jam_mode/config"]
+    assert jam_mode["options"] == ["answer", "accompany"] and jam_mode["command_topic"] == f"{PREFIX}/set/mode"
     assert docs["homeassistant/number/antiphon_living_room/temperature/config"]["min"] == 0
     without_presets = documents("homeassistant", PREFIX, ["lstm"], [], "1.2.3")
     assert not any("/preset/" in topic for topic, _ in without_presets)

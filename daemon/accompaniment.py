@@ -37,6 +37,7 @@ from daemon.steering import PlayerSteering
 from daemon.timeline import TimelineView
 
 log = logging.getLogger("antiphon.jam")
+SETTLE_MARGIN_S = 0.005  # slack kept when the releases go in between two steps
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
     margin = SCHEDULE_MARGIN_S + plan.send_ahead
 
     def take(message: tuple[str, object]) -> bool:
-        """Take in one message; True if a player's note went into the stream."""
+        """Take in one message; True if it was an onset (a note into the stream, rolling back)."""
         kind, value = message
         if kind == "note":
             accompanist.player_note(value)
@@ -128,7 +129,7 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
             accompanist.player_onset(*value)
         else:
             job.last_activity = max(job.last_activity, value)
-        return kind != "activity"
+        return kind == "onset"
 
     # When the player's notes last taken in began to go in: what they cost ends with the next decide.
     taken_at: float | None = None
@@ -148,6 +149,9 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
         # Sleep until the next note is due to be fixed or the next step begins, or a message comes.
         following = accompanist.decided[0].note.start if accompanist.decided else math.floor(view.position(t)) + 1
         wake = view.time_at(following) - margin - 3 * token_seconds()
+        if accompanist.releases and now() + 2 * accompanist.settle_tokens() * token_seconds() + SETTLE_MARGIN_S < wake:
+            accompanist.settle()  # a quiet moment: the released notes' lengths go in, and the lookahead is decided again
+            continue
         try:
             message = job.inbox.get(timeout=min(max(wake - now(), 0.0), PACING_WAIT_S))
         except queue.Empty:

@@ -96,8 +96,9 @@ class Placed:
 @dataclass
 class RollbackStats:
     count: int = 0  # rollbacks that took back tokens
-    seconds: list[float] = field(default_factory=list)  # each player's event into the stream, rollback included
-    redecide_seconds: list[float] = field(default_factory=list)  # player's events and deciding to the lookahead again
+    seconds: list[float] = field(default_factory=list)  # each player's onset into the stream, rollback included
+    redecide_seconds: list[float] = field(default_factory=list)  # onsets, then deciding to the lookahead again
+    settle_seconds: list[float] = field(default_factory=list)  # each `settle` of the releases kept
     moved: int = 0  # player's notes placed later than played (they belonged before what the engine keeps)
     revised: int = 0  # player's notes whose duration was put right at their release
     unrevised: int = 0  # releases too old to revise: the onset's duration stays
@@ -124,6 +125,8 @@ class Accompanist:
         self.model_notes: list[Note] = []  # what the narrowings see: the model's notes in the stream
         self.fixed_step = -1  # notes starting at or before this step are fixed
         self.stats = RollbackStats()
+        self.releases: list[Note] = []  # player's notes released, for `settle`
+        self.ruled_out: list[int] = []  # onset tokens of the latest decision point whose note was outside the range
         self.tokens = 0  # sampled
         self._point()
 
@@ -134,33 +137,34 @@ class Accompanist:
         return self.stream.last_bar + max(self.stream.state.last_offset, 0)
 
     def decide(self, horizon: int, earliest: int, end: int = OPEN_END) -> list[Note]:
-        """Decide until the stream reaches past `horizon` (or the bar line at `end`, which is not
-        written). New notes start at or after `earliest` and after the fixed step, before `end`.
-        Returns the notes decided (not yet fixed)."""
+        """Decide the notes that start by `horizon` (at least up to `earliest`), and no bar line
+        past it or at `end`. New notes start at or after `earliest` and after the fixed step,
+        before `end`. A token drawn past that is not fed: the next call draws it again, from the
+        same distribution. Returns the notes decided (not yet fixed)."""
         stream, engine, bar_len = self.stream, self.engine, self.stream.steps_per_bar
         earliest = max(earliest, self.fixed_step + 1)
+        limit = max(horizon, earliest)
         new: list[Note] = []
-        ruled_out: list[int] = []  # onset tokens of this decision point whose note the model put outside the range
         while True:
             state = stream.state
             if state.phase == NEED_OFFSET:
                 if self._point():
-                    ruled_out = []
-                if self.frontier > horizon:
-                    break
+                    self.ruled_out = []
             elif state.phase == HAVE_OFFSET and not self._onset_stays(state):
                 point = self.points[-1]  # just before the onset token
                 stream.rewind(point.stream)
                 engine.rollback(point.engine_position)
-                ruled_out.append(OFFSET_BASE + state.offset)
+                self.ruled_out.append(OFFSET_BASE + state.offset)
                 continue
             mask = compose_mask(state, stream.last_bar, bar_len, earliest, end, self.options, self.model_notes)
-            mask[ruled_out] = False
-            if not mask.any():
-                break  # every onset ruled out and the bar line not to be written (the end)
+            if state.phase == NEED_OFFSET:
+                mask[self.ruled_out] = False
+                if not mask.any():
+                    break  # every onset ruled out and the bar line not to be written (the end)
             token = sample(engine.logits, mask, self.options.temperature, self.options.top_p, self.rng)
-            if is_offset(token) and token_value(token) == bar_len and stream.last_bar + bar_len >= end:
-                break  # the bar line at the end: whoever plays next writes it
+            if is_offset(token) and (stream.last_bar + token_value(token) > limit or (
+                    token_value(token) == bar_len and stream.last_bar + bar_len >= end)):
+                break  # past the horizon, or the bar line at the end (whoever plays next writes it)
             engine.feed([token])
             stream.append([token])
             self.tokens += 1
@@ -210,33 +214,52 @@ class Accompanist:
         self.stats.seconds.append(time.perf_counter() - began)
         return placed.note
 
-    def player_note(self, note: Note) -> Note:
-        """A player's note as the listener commits it (released): its onset's note gets its real
-        duration, or, if it had none, it goes in where it belongs. Returns the note as placed."""
+    def player_note(self, note: Note) -> None:
+        """A player's note as the listener commits it (released): its real length is kept for
+        `settle`, which puts its onset's note right (or, if it had none, puts it in where it
+        belongs). A release changes nothing that is about to sound, so it can wait for a quiet moment."""
+        self.releases.append(note._replace(duration=min(note.duration, MAX_DURATION)))
+
+    def settle(self) -> None:
+        """The releases kept since the last call go in: one rollback to the earliest onset they
+        change, and what sounded since fed again once."""
+        if not self.releases:
+            return
         began = time.perf_counter()
-        note = note._replace(duration=min(note.duration, MAX_DURATION))
-        onset = self._find(note)
-        if onset is None:
-            placed = self._insert(Placed(note, 0, player=True, fixed=True)).note
-            if self.steering is not None:
-                self.steering.hear(placed)
-        elif onset.note.duration == note.duration or not self._revisable(onset):
-            self.stats.unrevised += onset.note.duration != note.duration
-            onset.provisional = False
-            return onset.note
-        else:
-            self.stats.revised += 1
-            placed = self._rebuild(onset.point, [Placed(onset.note._replace(duration=note.duration), 0, True, True)],
-                                   drop=onset).note
-        self.stats.seconds.append(time.perf_counter() - began)
-        return placed
+        releases, self.releases = self.releases, []
+        revised: list[tuple[Placed, Note]] = []
+        for note in releases:
+            onset = self._find(note)
+            if onset is None:
+                placed = self._insert(Placed(note, 0, player=True, fixed=True))
+                if self.steering is not None:
+                    self.steering.hear(placed.note)
+            elif onset.note.duration == note.duration or not self._revisable(onset):
+                self.stats.unrevised += onset.note.duration != note.duration
+                onset.provisional = False
+            else:
+                revised.append((onset, onset.note._replace(duration=note.duration)))
+        if revised:
+            self.stats.revised += len(revised)
+            self._rebuild(min(onset.point for onset, _ in revised),
+                          [Placed(note, 0, player=True, fixed=True) for _, note in revised],
+                          drop={id(onset) for onset, _ in revised})
+        self.stats.settle_seconds.append(time.perf_counter() - began)
+
+    def settle_tokens(self) -> int:
+        """About how many tokens `settle` would feed again now."""
+        onsets = [self._find(note) for note in self.releases]
+        points = [onset.point for onset in onsets if onset is not None and onset.note.duration != 0]
+        return self.engine.position - self.points[min(points)].engine_position if points else 3 * len(self.releases)
 
     def entered(self, note: Note) -> bool:
         """The player's note went in at its onset (its release need not go in again)."""
         return self._find(note) is not None
 
     def finish(self) -> None:
-        """The accompaniment ends: what was decided and not fixed is taken back."""
+        """The accompaniment ends: the releases kept go in, what was decided and not fixed is
+        taken back."""
+        self.settle()
         if self.decided:
             self._rebuild(self.decided[0].point, [], counted=False)
 
@@ -285,14 +308,14 @@ class Accompanist:
                 return index
         return None
 
-    def _rebuild(self, index: int, new: list[Placed], drop: Placed | None = None, counted: bool = True) -> Placed | None:
+    def _rebuild(self, index: int, new: list[Placed], drop: set[int] = frozenset(), counted: bool = True) -> Placed | None:
         """Roll back to decision point `index` and feed again what sounded after it, with `new`
-        in its place and without `drop`; the rest (decided, not sounded) is taken back. Returns
-        the (last) new note as placed."""
+        in its place and without the notes whose id() is in `drop`; the rest (decided, not
+        sounded) is taken back. Returns the (last) new note as placed."""
         first = len(self.placed)
         while first > 0 and self.placed[first - 1].point >= index:
             first -= 1
-        kept = [p for p in self.placed[first:] if p.fixed and p is not drop] + new
+        kept = [p for p in self.placed[first:] if p.fixed and id(p) not in drop] + new
         kept.sort(key=lambda p: (p.note.start, p.note.pitch, not p.player))
         point = self.points[index]
         if self.stream.count != point.stream.count:

@@ -68,10 +68,12 @@ class Accompanying:
         job.stop.set()
         self.playback.output.release_all()
 
-    def swap_engine(self, engine) -> Future:
-        """The accompaniment plays with the old engine: it stops, and the new one is primed with
-        the stream it hands back (the worker runs the swap after the job)."""
+    def swap_engine(self, engine) -> Future | None:
+        """A running accompaniment plays with the old engine: it stops, and the new one is primed
+        with the stream it hands back (the worker runs the swap after the job). None: none runs."""
         job = self.job
+        if job is None:
+            return None
         self.stop()
         return self.answerer.swap(engine, lambda: list(job.stream.tokens))
 

@@ -219,7 +219,7 @@ class JamApp:
         self.controls = Controls(self.surface, self.emit, self.settings.controls, kept_state_folder())
         self.midi.start(loop, self.settings.midi, self._receive)
         if self.midi.available:
-            self.session.silence_output()
+            self.session.playback.silence_output()
         self._tasks = [loop.create_task(sdnotify.watchdog_task(), name="watchdog")]
         self.mqtt.start()
         await asyncio.wrap_future(self.session.answerer.idle())  # engine primed
@@ -324,7 +324,7 @@ class JamApp:
         self.session.panic()
         self.midi.restart(self.loop, settings.midi)
         if self.midi.available:
-            self.session.silence_output()
+            self.session.playback.silence_output()
         self.emit({"type": "state"})
 
     def _port_event(self, event: dict) -> None:
@@ -332,7 +332,7 @@ class JamApp:
             self.session.panic()
         if event["type"] == "midi_available" or (event["type"] in ("port_regained", "connection_restored")
                                                  and event["port"] == "output"):
-            self.session.silence_output()
+            self.session.playback.silence_output()
         self.emit(event)
         self.emit({"type": "state"})
 

@@ -235,7 +235,7 @@ class JamSettings:
     accompany_range: str = _setting("21-59", pitch_range, "LO-HI, MIDI pitches within 21-108",
                                     "the pitches the model plays in accompany mode", "--accompany-range",
                                     live=True, mqtt=("accompany-range",))
-    accompany_lookahead_steps: int = _setting(2, number(1, 16, True), "1..16",
+    accompany_lookahead_steps: int = _setting(1, number(1, 16, True), "1..16",
                                               "in accompany mode, how far ahead of playback the model decides, "
                                               "in sixteenths (a player's note re-decides what it lands before)",
                                               "--accompany-lookahead")

@@ -45,12 +45,12 @@ from daemon.conversation import Conversation
 from daemon.echo import EchoFilter
 from daemon.handover import hand_over
 from daemon.listener import Listener
+from daemon.player_input import PlayerInput
 from daemon.sampling import make_generator
 from daemon.tempo_keeper import TempoKeeper
 from daemon.timeline import Timeline
 
 SUSTAIN_CC = 64
-CLOCK_MESSAGES = {"clock", "start", "stop", "continue", "songpos"}
 
 
 class Phase(enum.Enum):
@@ -79,6 +79,8 @@ class JamSession:
         self.output = self.playback.output
         self.tempo = TempoKeeper(settings, self.timeline, self.listener, self.playback.metronome, emit)
         self.feed = CallFeed(loop, self.listener, self.conversation, self.timeline, self.tempo, self._keys_held)
+        self.input = PlayerInput(settings, self.echoes, self.tempo, self._note_on, self._note_off, self._control)
+        self.receive = self.input.receive  # every incoming message, with its arrival time (on now()'s clock)
         self.accompaniment = Accompanying(self.answerer, self.timeline, self.conversation, self.listener,
                                           self.playback, emit, self._accompaniment_ended)
         self.phase = Phase.IDLE
@@ -104,6 +106,7 @@ class JamSession:
         if jam.seed != old.jam.seed and jam.seed >= 0:
             self.rng = make_generator(jam.seed)
         self.playback.update_settings(settings)
+        self.input.settings = settings
         self.echoes.window_s = jam.echo_window_ms / 1000
         if jam.mode != old.jam.mode:
             self._interrupt()  # what plays stops; the next note plays in the new mode
@@ -113,34 +116,18 @@ class JamSession:
         return self.settings.jam.mode == "accompany"
 
     def swap_engine(self, engine) -> Future:
-        """Use another engine from the next worker job on, primed with the conversation so far."""
-        if self.accompaniment.job is not None:
-            return self.accompaniment.swap_engine(engine)
-        return self.answerer.swap(engine, self.conversation.tokens)
+        """Use another engine from the next worker job on, primed with the conversation so far
+        (or with the accompaniment's stream, once it has stopped)."""
+        return self.accompaniment.swap_engine(engine) or self.answerer.swap(engine, self.conversation.tokens)
 
-    # -- input ------------------------------------------------------------------------
-    def receive(self, message: mido.Message, arrived: float) -> None:
-        """Every incoming message, on the loop, with its arrival time (on now()'s clock)."""
-        if message.type in CLOCK_MESSAGES:
-            self.tempo.follow_clock(message.type, arrived, getattr(message, "pos", 0))
-            return
-        channel = self.settings.midi.input_channel
-        if channel and getattr(message, "channel", channel - 1) != channel - 1:
-            return
-        t = arrived - self.settings.jam.input_latency_ms / 1000
-        if message.type == "note_on" and message.velocity > 0:
-            if not self.echoes.note_on_is_echo(message.note, arrived):
-                self._note_on(message.note, message.velocity, t)
-        elif message.type in ("note_off", "note_on"):
-            if not self.echoes.note_off_is_echo(message.note):
-                self._note_off(message.note, t)
-        elif message.type == "control_change":
-            if message.control == SUSTAIN_CC:
-                self.listener.pedal(message.value >= 64, self.timeline.position(t), t)
-            elif message.control == self.settings.jam.handover_cc and message.value >= 64:
-                self._hand_over_now()
-            elif message.value >= 64 and self.phase == Phase.IDLE:  # tap tempo and count-in: between exchanges
-                self.tempo.control(message.control, t)
+    # -- input (the player's, from PlayerInput) ---------------------------------------
+    def _control(self, control: int, value: int, t: float) -> None:
+        if control == SUSTAIN_CC:
+            self.listener.pedal(value >= 64, self.timeline.position(t), t)
+        elif control == self.settings.jam.handover_cc and value >= 64:
+            self._hand_over_now()
+        elif value >= 64 and self.phase == Phase.IDLE:  # tap tempo and count-in: between exchanges
+            self.tempo.control(control, t)
 
     def _note_on(self, pitch: int, velocity: int, t: float) -> None:
         if self.phase is Phase.HANDING_OVER:
@@ -294,10 +281,6 @@ class JamSession:
         self.paused = False
         if self.phase is Phase.CALLING:  # played while paused: context, not a call to answer
             self._end_call()
-
-    def silence_output(self) -> None:
-        """The output port was (re)opened or (re)connected: silence what may still sound there."""
-        self.playback.silence_output()
 
     def panic(self) -> None:
         """Silence (also when a port is lost): the session starts over from IDLE."""

@@ -170,6 +170,9 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
         if process.poll() is None:
             process.kill()
     reports = [REPORT.search(line).groups() for line in lines if REPORT.search(line)]
+    for line in lines:
+        if "moved" in line and "DEBUG" in line:
+            print(line, file=sys.stderr)
     model = notes_from(received, origin, bpm)
     sounding: dict[int, int] = {}
     for _, m in received:

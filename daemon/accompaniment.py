@@ -131,6 +131,15 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
             job.last_activity = max(job.last_activity, value)
         return kind == "onset"
 
+    def drain() -> bool:
+        """Take in every message waiting; True if there were onsets among them."""
+        onsets = False
+        while True:
+            try:
+                onsets |= take(job.inbox.get_nowait())
+            except queue.Empty:
+                return onsets
+
     # When the player's notes last taken in began to go in: what they cost ends with the next decide.
     taken_at: float | None = None
     while not job.stop.is_set():
@@ -140,6 +149,8 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
             post(on_note, job, note)
         end = plan.end_after(job.last_activity, bar_len)
         if view.position(t) >= end and not accompanist.decided:
+            if drain():  # the player played on meanwhile
+                continue
             break
         accompanist.decide(math.floor(view.position(t)) + plan.lookahead_steps, max(plan.join, math.floor(reach) + 1),
                            end)
@@ -157,13 +168,7 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
         except queue.Empty:
             continue
         began = time.perf_counter()
-        notes = take(message)
-        while True:
-            try:
-                notes |= take(job.inbox.get_nowait())
-            except queue.Empty:
-                break
-        if notes:
+        if take(message) | drain():
             taken_at = began
     for message in job.close():
         take(message)

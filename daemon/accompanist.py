@@ -28,6 +28,7 @@ and the benchmarks drive it directly.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -56,7 +57,8 @@ from daemon.steering import PlayerSteering
 OPEN_END = 1 << 30  # no end step: the player is still playing
 DURATIONS = slice(DURATION_BASE, DURATION_BASE + MAX_DURATION)
 PITCHES = slice(PITCH_BASE, PITCH_BASE + PITCH_MAX - PITCH_MIN + 1)
-SEEN_NOTES = 128  # the model's latest notes the narrowings see (steering looks back a bar or two)
+SEEN_NOTES = 128
+log = logging.getLogger("antiphon.jam")  # the model's latest notes the narrowings see (steering looks back a bar or two)
 
 
 def pitch_range_narrowing(low: int, high: int) -> MaskNarrowing:
@@ -252,9 +254,11 @@ class Accompanist:
         points = [onset.point for onset in onsets if onset is not None and onset.note.duration != 0]
         return self.engine.position - self.points[min(points)].engine_position if points else 3 * len(self.releases)
 
-    def entered(self, note: Note) -> bool:
-        """The player's note went in at its onset (its release need not go in again)."""
-        return self._find(note) is not None
+    def unreleased(self) -> set[tuple[int, int]]:
+        """(start as played, pitch) of the player's notes that went in at their onsets and whose
+        release has not come: when it does, after the accompaniment, it need not go in again."""
+        return {(p.note.start if p.moved_from is None else p.moved_from, p.note.pitch)
+                for p in self.placed if p.player and p.provisional}
 
     def finish(self) -> None:
         """The accompaniment ends: the releases kept go in, what was decided and not fixed is
@@ -293,6 +297,8 @@ class Accompanist:
         if index is None:
             self.stats.moved += 1
             floor = self.points[reach].stream
+            log.debug("player's note %s moved: it belongs before what the engine keeps (from step %s, pitch %s)",
+                      placed.note, *(floor.last_note or (floor.last_bar, "-")))
             start = max(placed.note.start, floor.last_bar)
             if floor.last_note is not None and (start, placed.note.pitch) <= floor.last_note:
                 start = floor.last_note[0] + 1

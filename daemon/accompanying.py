@@ -107,8 +107,7 @@ class Accompanying:
         if self.job is job:
             self.job = None
         self.conversation.take_stream(job)
-        accompanist = job.accompanist
-        self.conversation.add_player_notes([n for n in job.leftover if not (accompanist and accompanist.entered(n))])
+        self.conversation.add_player_notes(job.leftover)
         stats = self.playback.output.stats
         self.emit(accompaniment_report(job, stats.late_played, stats.late_dropped))
         self.emit({"type": "state"})

@@ -21,6 +21,9 @@ class Conversation:
         self.stream = TokenStream(timeline.steps_per_bar, history=CONTEXT)
         self.context_dropped = 0  # player notes that could not follow what the answer played
         self.accompaniment: AccompanyJob | None = None  # the job holding the stream now
+        # (start, pitch) of notes an accompaniment put in at their onsets and ended before their
+        # release: in the stream already, they do not go in again.
+        self.entered: set[tuple[int, int]] = set()
         self.resync()
 
     @property
@@ -39,6 +42,8 @@ class Conversation:
         self.stream.steps_per_bar = self.timeline.steps_per_bar = steps_per_bar
 
     def add_player_notes(self, notes: list[Note]) -> None:
+        if self.entered:
+            notes = [note for note in notes if not self._entered(note)]
         if self.accompaniment is not None:  # its worker places them (or hands them back when done)
             for note in notes:
                 self.timeline.extend_to(note.start)
@@ -57,12 +62,24 @@ class Conversation:
         if tokens:
             self.answerer.feed(tokens)
 
+    def _entered(self, note: Note) -> bool:
+        key = (note.start, note.pitch)
+        if key in self.entered:
+            self.entered.remove(key)
+            return True
+        return False
+
     def take_stream(self, job: AccompanyJob) -> None:
-        """An accompaniment is done: its stream, which the engine holds, is the conversation's."""
+        """An accompaniment is done: its stream, which the engine holds, is the conversation's,
+        and the notes it put in whose release is still to come are in it already."""
         if self.accompaniment is job:
             self.accompaniment = None
         self.stream = job.stream
         self.timeline.end = max(self.timeline.end, job.end)
+        recent = self.timeline.end - 4 * self.stream.steps_per_bar  # a release never comes: it is forgotten
+        self.entered = {key for key in self.entered if key[0] >= recent}
+        if job.accompanist is not None:
+            self.entered |= job.accompanist.unreleased()
 
     def add_answer(self, job: AnswerJob) -> None:
         """The whole answer (the engine has been fed it already); the stream ends at its bar line."""

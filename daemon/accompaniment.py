@@ -38,6 +38,10 @@ from daemon.timeline import TimelineView
 
 log = logging.getLogger("antiphon.jam")
 SETTLE_MARGIN_S = 0.005  # slack kept when the releases go in between two steps
+# A stretch ends this long after its end bar line, not at it: the player's note on the downbeat,
+# a release at the bar line, and the ticker's word that a key is still down (every 50 ms) may
+# arrive a little after it, and go on with the same stretch.
+END_GRACE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
         for note in accompanist.fix(math.floor(reach)):
             post(on_note, job, note)
         end = plan.end_after(job.last_activity, bar_len)
-        if view.position(t) >= end and not accompanist.decided:
+        if t >= view.time_at(end) + END_GRACE_S and not accompanist.decided:
             if drain():  # the player played on meanwhile
                 continue
             break

@@ -562,3 +562,28 @@ def test_always_clicks_every_beat_of_the_call_and_the_answer_until_stopped(tiny_
     assert not finished["barged_in"] and d.app.session.stats["answers"] == 1
     assert [n.pitch for n in d.app.session.listener.call_notes] == [n.pitch for n in ENDED]
     assert d.app.session.stats["echoes_ignored"] >= len(clicks) - 1 + len(answer)
+
+
+def test_accompany_puts_each_key_in_at_its_onset_and_its_length_at_release(tiny_weights):
+    """The whole path in-process: every onset goes to the accompaniment at once, every release
+    puts the length right, and the stream the conversation takes back holds each of the player's
+    notes once, as played, with the model's notes in the range and all released."""
+
+    async def scenario():
+        async with duet(tiny_weights, mode="accompany", accompany_range="40-59") as d:
+            origin = await d.play(FOLLOW_CALL)
+            report = await d.wait_for("accompaniment_finished")
+            await asyncio.sleep(0.2)
+            return d, origin, report, d.app.state()["mode"]
+
+    d, origin, report, mode = asyncio.run(scenario())
+    tokens = list(d.app.session.conversation.stream.tokens)
+    assert accepts(tokens)
+    players = [n for n in decode(tokens) if n.pitch >= 60]
+    first = players[0].start
+    assert [(n.start - first, n.pitch, n.duration) for n in players] == [(n.start, n.pitch, n.duration) for n in FOLLOW_CALL]
+    assert report["moved_player_notes"] == 0 and not report["stopped"]
+    model = notes_from([(t, m) for t, m in d.recorded if m.type in ("note_on", "note_off")], origin, BPM)
+    assert model and all(40 <= n.pitch <= 59 for n in model)
+    assert paired(d.recorded)
+    assert mode == "listening"

@@ -18,7 +18,15 @@ unreadable_rate,
 beat_one_rate (within 4% and beat one within half a 16th of the phrase's first bar line) and
 cost_ms (mean CPU time of one estimate: process time, so that other work on a shared machine does not count).
 
+With --jack N, N of those calls a jitter (10 and 25 ms) are also played through real JACK ports
+into the real daemon (`antiphon run --tempo-mode follow`, a fresh daemon a call, so each is read
+with the prior at 100 bpm) and answered (one bar): the "daemon_jack" line has the same figures
+for the tempo the daemon read (its log), and answer_on_grid_rate, the share of answer onsets
+within a quarter of a 16th of the grid of the player's true tempo and beat one, phase included
+(calls_on_grid: the share of calls whose answer is all on it).
+
     python bench/tempo_follow.py [--split test|train] [--places 6] [--draws 3] [--seed 0]
+    python bench/tempo_follow.py --jack 12   # and 12 calls a jitter through real JACK ports into the daemon
     python bench/tempo_follow.py --profile   # writes the rhythm model daemon.tempo uses, from the training files
 
 Needs the `bench` extra (pretty_midi) and the `training` extra (muspy) to read the files.
@@ -28,15 +36,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import mido
 import numpy as np
 
-from daemon.tempo import MAX_GAP, TRANSITIONS_FILE, TempoEstimate, TempoTracker, estimate_tempo
-from training.midi_loading import load_folder
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.jam_latency, and the daemon measured is this checkout's
+
+from daemon.jack_server import JackServer  # noqa: E402
+from daemon.playing import Keyboard  # noqa: E402
+from daemon.tempo import MAX_GAP, TRANSITIONS_FILE, TempoEstimate, TempoTracker, estimate_tempo  # noqa: E402
+from training.midi_loading import load_folder  # noqa: E402
 
 REFERENCE = Path("/work/shared/data/reference")
 DEFAULT_BPM = 100.0
@@ -154,6 +172,78 @@ def run(split: str, places: int, draws: int, seed: int) -> None:
         print(json.dumps(summary("follow_runs_call_by_call", jitter_ms, played, alone, {"session_calls": SESSION_CALLS})))
 
 
+READ_LINE = re.compile(r"tempo (\S+) bpm read from the call|tempo: the call is .*; keeping (\S+) bpm")
+ON_GRID = 0.25  # of a 16th
+
+
+def answer_on_grid(performance: Performance, origin: float, ons: list[float]) -> np.ndarray:
+    """For each answer onset (seconds on the bench's clock): on the player's true grid?"""
+    step = 15.0 / performance.bpm
+    place = (np.asarray(ons) - origin - performance.bar_line) / step
+    return np.abs(place - np.round(place)) <= ON_GRID
+
+
+def daemon_reads(performance: Performance, number: int) -> tuple[float, np.ndarray]:
+    """One call through JACK into a fresh daemon in follow mode: (the tempo it read, for each of
+    its answer's onsets whether it is on the true grid)."""
+    from bench.jam_latency import ANTIPHON, DaemonLog  # the JACK part only
+
+    command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", f"antiphon-tempo{number}",
+               "--bpm", str(DEFAULT_BPM), "--tempo-mode", "follow", "--answer-bars", "1", "--seed", "0",
+               "--no-follow-clock", "--takes-dir", ""]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+    log = DaemonLog(process)
+    keyboard = None
+    try:
+        ready = log.wait_for("ready:", 0, 120)
+        if ready is None:
+            raise RuntimeError("the daemon did not start:\n" + "\n".join(log.lines))
+        ports = re.search(r"in=(\S+) out=(\S+?),", ready[1]).groups()
+        keyboard = Keyboard("jack", ports[0], ports[1], f"bench-tempo{number}")
+        origin = time.monotonic() + 0.2 - 1.0  # the performance starts one second after its time zero
+        events = sorted([(t, 1, mido.Message("note_on", note=int(p), velocity=int(v))) for t, p, v in
+                         zip(performance.onsets, performance.pitches, performance.velocities)]
+                        + [(t, 0, mido.Message("note_off", note=int(p))) for t, p in
+                           zip(performance.offsets, performance.pitches)], key=lambda e: (e[0], e[1]))
+        for offset, _, message in events:
+            wait = origin + offset - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            keyboard.send(message)
+        read = log.wait_for(READ_LINE, 0, 30)
+        answered = log.wait_for("jam: answer:", 0, 30)
+        time.sleep(0.1)
+        ons = [t for t, m in keyboard.take() if m.type == "note_on" and m.velocity > 0]
+        bpm = float(next(g for g in read[1].groups() if g)) if read else DEFAULT_BPM
+        return bpm, answer_on_grid(performance, origin, ons) if answered else np.zeros(0, dtype=bool)
+    finally:
+        if keyboard is not None:
+            keyboard.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def run_jack(split: str, places: int, calls_per_jitter: int, seed: int) -> None:
+    calls = [run[0] for run in phrases(REFERENCE / split, places)]
+    with JackServer(period=256, realtime=False):
+        for jitter_ms in JITTERS_MS[1:]:
+            rng = np.random.default_rng(seed + 1000 + jitter_ms)
+            chosen = rng.choice(len(calls), size=min(calls_per_jitter, len(calls)), replace=False)
+            performances = [perform(calls[i], rng.uniform(60, 180), jitter_ms / 1000, rng) for i in chosen]
+            read, on_grid = [], []
+            for number, performance in enumerate(performances):
+                bpm, answer = daemon_reads(performance, number)
+                read.append(bpm)
+                on_grid.append(answer)
+                print(f"jitter {jitter_ms} ms, call {number}: played {performance.bpm:.1f} bpm, read {bpm:.1f}, "
+                      f"answer {int(answer.sum())}/{answer.size} onsets on the grid", file=sys.stderr)
+            onsets = np.concatenate(on_grid) if on_grid else np.zeros(0, dtype=bool)
+            print(json.dumps(summary("daemon_jack", jitter_ms, performances, np.array(read), {
+                "answer_on_grid_rate": round(float(onsets.mean()), 4) if onsets.size else None,
+                "calls_on_grid": round(float(np.mean([a.size > 0 and a.all() for a in on_grid])), 4)})), flush=True)
+
+
 def summary(name: str, jitter_ms: int, performances: list[Performance], estimated: list | np.ndarray, extra: dict) -> dict:
     """The figures of one estimator: `estimated` holds TempoEstimates (an unreadable call keeps the
     default tempo, as the daemon would) or plain tempi."""
@@ -205,11 +295,15 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3, help="tempi each phrase is played at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="write the rhythm model from the training files and stop")
+    parser.add_argument("--jack", type=int, default=0, metavar="N",
+                        help="also play N calls a jitter through JACK into the real daemon")
     args = parser.parse_args()
     if args.profile:
         profile("train")
-    else:
-        run(args.split, args.places, args.draws, args.seed)
+        return
+    run(args.split, args.places, args.draws, args.seed)
+    if args.jack:
+        run_jack(args.split, args.places, args.jack, args.seed)
 
 
 if __name__ == "__main__":

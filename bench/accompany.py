@@ -21,11 +21,16 @@ jitter. Prints one JSON line per test folder (the first `--pieces` files of each
   daemon/keys.py), on_beat_rate (onsets on a quarter note), and the same notes_per_bar /
   in_scale_rate / on_beat_rate for human_* and random_*.
 Goal: zero late and zero unreleased; in_scale_rate >= human - 0.05 and well above random.
+
+With --offline the pieces are played into the `Accompanist` itself, with no clock and no ports,
+sixteenth by sixteenth as bench/rollback.py does (the settings from the daemon flags after --):
+the musical figures on many more pieces and bars in the time, nothing about timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -42,16 +47,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.accompanist import pitch_range_narrowing  # noqa: E402
+from bench.rollback import play  # noqa: E402
+from daemon.accompanist import Accompanist, pitch_range_narrowing  # noqa: E402
 from daemon.answer_loop import AnswerOptions, compose_mask  # noqa: E402
+from daemon.cli import build_parser  # noqa: E402
 from daemon.clock import step_seconds  # noqa: E402
 from daemon.codec import Note, is_duration, token_value  # noqa: E402
-from daemon.config import parse_pitch_range  # noqa: E402
+from daemon.config import Settings, load_settings, overrides_from, parse_pitch_range  # noqa: E402
+from daemon.engine import Engine  # noqa: E402
 from daemon.jack_server import JackServer  # noqa: E402
 from daemon.keys import find_key  # noqa: E402
 from daemon.live_tokenizer import TokenStream  # noqa: E402
+from daemon.paths import shipped_weights  # noqa: E402
 from daemon.playing import Keyboard, notes_from  # noqa: E402
 from daemon.sampling import make_generator, sample  # noqa: E402
+from daemon.steering import PlayerSteering  # noqa: E402
+from daemon.weights import load_weights  # noqa: E402
 from training.midi_loading import load_midi, midi_files  # noqa: E402
 
 ANTIPHON = Path(sys.executable).with_name("antiphon")
@@ -199,6 +210,27 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
     }
 
 
+def offline_piece(path: Path, args: argparse.Namespace, number: int, engine: Engine, settings: Settings) -> dict | None:
+    """One piece into the Accompanist directly (see the module's docstring)."""
+    upper, lower = excerpt(load_midi(path).notes, args.bars)
+    if len(upper) < 4:
+        return None
+    jam, (low, high) = settings.jam, parse_pitch_range(args.range)
+    stream = TokenStream(BAR, history=1 << 16)
+    engine.reset(list(stream.tokens))
+    steering = PlayerSteering(jam, BAR) if jam.key != "off" else None
+    accompanist = Accompanist(engine, stream, AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps),
+                              (low, high), make_generator(number), 80, steering)
+    play(accompanist, upper, jam.accompany_lookahead_steps, args.bars * BAR + BAR)
+    model = [p.note for p in accompanist.placed if not p.player]
+    key = find_key(upper)
+    return {"bars": args.bars, "model": figures(model, key, args.bars), "human": figures(lower, key, args.bars),
+            "random": figures(random_stream(args.bars, (low, high), number), key, args.bars),
+            "late": 0, "rollbacks": accompanist.stats.count, "event_ms_p99": 0.0, "redecide_ms_p99": 0.0,
+            "moved": accompanist.stats.moved, "revised": accompanist.stats.revised, "tail_bars": 0.0,
+            "unreleased": 0, "model_in_range": all(low <= n.pitch <= high for n in model)}
+
+
 def summary(folder: Path, results: list[dict], args: argparse.Namespace) -> dict:
     bars = sum(r["bars"] for r in results)
 
@@ -238,20 +270,29 @@ def main() -> None:
     parser.add_argument("--range", default="21-59")
     parser.add_argument("--period", type=int, default=256, help="JACK period in frames at 48 kHz")
     parser.add_argument("daemon_flags", nargs="*", help="after --: more flags for the daemon, e.g. --key auto")
+    parser.add_argument("--offline", action="store_true", help="into the Accompanist itself: no clock, no ports")
     args = parser.parse_args()
+    if args.offline:
+        settings = load_settings(None, overrides_from(build_parser().parse_args(["run", *args.daemon_flags])))
+        engine = Engine(load_weights(shipped_weights(args.weights)).model, "cpu", precision="auto")
+        run = lambda path, number: offline_piece(path, args, number, engine, settings)  # noqa: E731
+        server = contextlib.nullcontext()
+    else:
+        run = lambda path, number: run_piece(path, args, number)  # noqa: E731
+        server = JackServer(period=args.period, realtime=False)
     number = 0
-    with JackServer(period=args.period, realtime=False):
+    with server:
         for folder in args.data:
             results = []
             for path in midi_files(folder):
                 if len(results) == args.pieces:
                     break
                 number += 1
-                result = run_piece(path, args, number)
+                result = run(path, number)
                 if result is not None:
                     print(f"{path.name}: {json.dumps(result)}", file=sys.stderr)
                     results.append(result)
-            print(json.dumps(summary(folder, results, args)), flush=True)
+            print(json.dumps(summary(folder, results, args) | {"offline": args.offline}), flush=True)
 
 
 if __name__ == "__main__":

@@ -56,9 +56,11 @@ class Accompanying:
             self.job.activity(quantise(position) - 1)
 
     def held(self, position: float) -> None:
-        """Keys are still down (the call feed's ticker): the player is still playing."""
+        """Keys are still down (the call feed's ticker): the player is still playing, up to the
+        step a release now would end its notes at (rounded as a release is: a key let go just
+        after a bar line ends its note on it)."""
         if self.job is not None:
-            self.job.activity(position)
+            self.job.activity(quantise(position) - 1)
 
     def stop(self) -> None:
         """Stop the accompaniment now and release its notes; the worker hands its stream back."""

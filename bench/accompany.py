@@ -188,6 +188,10 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
     sounding: dict[int, int] = {}
     for _, m in received:
         sounding[m.note] = sounding.get(m.note, 0) + (1 if m.type == "note_on" and m.velocity else -1)
+    for pitch in (pitch for pitch, count in sounding.items() if count > 0):  # what to look at, when it happens
+        print(f"{path.name}: pitch {pitch} left sounding; its messages (s from the start): "
+              + ", ".join(f"{t - origin:.3f} {m.type}" for t, m in received if m.note == pitch), file=sys.stderr)
+        print("\n".join(line for line in lines if "accompaniment" in line), file=sys.stderr)
     player_end = max(n.start + n.duration for n in upper)
     bar_end = -(-player_end // BAR) * BAR
     last_sound = max((n.start + n.duration for n in model), default=0)

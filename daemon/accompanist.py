@@ -41,7 +41,6 @@ from daemon.codec import (
     MAX_DURATION,
     OFFSET_BASE,
     PITCH_BASE,
-    PITCH_MAX,
     PITCH_MIN,
     Note,
     duration_token,
@@ -52,13 +51,12 @@ from daemon.codec import (
 from daemon.grammar import HAVE_OFFSET, NEED_OFFSET, GrammarState, next_mask
 from daemon.live_tokenizer import StreamMark, TokenStream
 from daemon.sampling import sample
-from daemon.steering import PlayerSteering
+from daemon.steering import PITCH_TOKENS, PITCHES, PlayerSteering
 
 OPEN_END = 1 << 30  # no end step: the player is still playing
 DURATIONS = slice(DURATION_BASE, DURATION_BASE + MAX_DURATION)
-PITCHES = slice(PITCH_BASE, PITCH_BASE + PITCH_MAX - PITCH_MIN + 1)
-SEEN_NOTES = 128
-log = logging.getLogger("antiphon.jam")  # the model's latest notes the narrowings see (steering looks back a bar or two)
+SEEN_NOTES = 128  # the model's latest notes the narrowings see (steering looks back a bar or two)
+log = logging.getLogger("antiphon.jam")
 
 
 def pitch_range_narrowing(low: int, high: int) -> MaskNarrowing:
@@ -66,7 +64,7 @@ def pitch_range_narrowing(low: int, high: int) -> MaskNarrowing:
     the latest note is not begun where no pitch in the range can follow it (pitches rise within
     a step)."""
     below = slice(PITCH_BASE, PITCH_BASE + low - PITCH_MIN)
-    above = slice(PITCH_BASE + high - PITCH_MIN + 1, PITCH_BASE + PITCH_MAX - PITCH_MIN + 1)
+    above = slice(PITCH_BASE + high - PITCH_MIN + 1, PITCH_TOKENS.stop)
 
     def narrow(mask: np.ndarray, state: GrammarState, bar: int, notes) -> None:
         if state.phase == HAVE_OFFSET:
@@ -117,8 +115,7 @@ class Accompanist:
         self.options = AnswerOptions(options.temperature, options.top_p, options.max_note_steps,
                                      narrowings if steering is None else (*narrowings, steering.narrow))
         self.steering = steering
-        pitches = np.arange(PITCH_MIN, PITCH_MAX + 1)
-        self.in_range = (pitches >= pitch_range[0]) & (pitches <= pitch_range[1])
+        self.in_range = (PITCHES >= pitch_range[0]) & (PITCHES <= pitch_range[1])
         self.rng = rng
         self.velocity = velocity
         self.points: list[DecisionPoint] = []
@@ -129,7 +126,6 @@ class Accompanist:
         self.stats = RollbackStats()
         self.releases: list[Note] = []  # player's notes released, for `settle`
         self.ruled_out: list[int] = []  # onset tokens of the latest decision point whose note was outside the range
-        self.tokens = 0  # sampled
         self._point()
 
     # -- the model ----------------------------------------------------------------------
@@ -169,7 +165,6 @@ class Accompanist:
                 break  # past the horizon, or the bar line at the end (whoever plays next writes it)
             engine.feed([token])
             stream.append([token])
-            self.tokens += 1
             if is_duration(token):
                 start, pitch = stream.last_note
                 note = Note(start, pitch, token_value(token), self.velocity)
@@ -184,8 +179,8 @@ class Accompanist:
 
     def _onset_stays(self, state: GrammarState) -> bool:
         """A drawn onset stays with the probability the model gives the range's pitches after it."""
-        allowed = next_mask(state)[PITCHES]
-        logits = self.engine.logits[PITCHES][allowed] / max(self.options.temperature, 1e-6)
+        allowed = next_mask(state)[PITCH_TOKENS]
+        logits = self.engine.logits[PITCH_TOKENS][allowed] / max(self.options.temperature, 1e-6)
         weights = np.exp(logits - logits.max())
         inside = weights[self.in_range[allowed]].sum()
         return self.rng.random() * weights.sum() < inside
@@ -251,7 +246,7 @@ class Accompanist:
     def settle_tokens(self) -> int:
         """About how many tokens `settle` would feed again now."""
         onsets = [self._find(note) for note in self.releases]
-        points = [onset.point for onset in onsets if onset is not None and onset.note.duration != 0]
+        points = [onset.point for onset in onsets if onset is not None]
         return self.engine.position - self.points[min(points)].engine_position if points else 3 * len(self.releases)
 
     def unreleased(self) -> set[tuple[int, int]]:
@@ -271,9 +266,9 @@ class Accompanist:
     def _find(self, note: Note) -> Placed | None:
         """The player's note placed at the onset of `note` (same pitch, same start or moved after it)."""
         for placed in reversed(self.placed):
-            if placed.player and placed.provisional and placed.note.pitch == note.pitch and placed.note.start >= note.start:
-                if placed.note.start == note.start or placed.moved_from == note.start:
-                    return placed
+            if placed.player and placed.provisional and placed.note.pitch == note.pitch and note.start in (
+                    placed.note.start, placed.moved_from):
+                return placed
             if placed.note.start < note.start - MAX_DURATION:
                 return None
         return None

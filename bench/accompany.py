@@ -61,7 +61,7 @@ from daemon.live_tokenizer import TokenStream  # noqa: E402
 from daemon.paths import shipped_weights  # noqa: E402
 from daemon.playing import Keyboard, notes_from  # noqa: E402
 from daemon.sampling import make_generator, sample  # noqa: E402
-from daemon.steering import PlayerSteering  # noqa: E402
+from daemon.steering import accompaniment_options  # noqa: E402
 from daemon.weights import load_weights  # noqa: E402
 from training.midi_loading import load_midi, midi_files  # noqa: E402
 
@@ -222,9 +222,8 @@ def offline_piece(path: Path, args: argparse.Namespace, number: int, engine: Eng
     jam, (low, high) = settings.jam, parse_pitch_range(args.range)
     stream = TokenStream(BAR, history=1 << 16)
     engine.reset(list(stream.tokens))
-    steering = PlayerSteering(jam, BAR) if jam.key != "off" else None
-    accompanist = Accompanist(engine, stream, AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps),
-                              (low, high), make_generator(number), 80, steering)
+    options, steering = accompaniment_options(jam, BAR, (low, high))
+    accompanist = Accompanist(engine, stream, options, (low, high), make_generator(number), 80, steering)
     play(accompanist, upper, jam.accompany_lookahead_steps, args.bars * BAR + BAR)
     model = [p.note for p in accompanist.placed if not p.player]
     key = find_key(upper)

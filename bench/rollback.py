@@ -36,11 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemon.accompanist import Accompanist  # noqa: E402
-from daemon.answer_loop import AnswerOptions  # noqa: E402
+from daemon.config import load_settings  # noqa: E402
 from daemon.engine import Engine  # noqa: E402
 from daemon.live_tokenizer import TokenStream  # noqa: E402
 from daemon.paths import shipped_weights  # noqa: E402
 from daemon.sampling import make_generator  # noqa: E402
+from daemon.steering import accompaniment_options  # noqa: E402
 from daemon.weights import load_weights  # noqa: E402
 from training.midi_loading import load_folder  # noqa: E402
 
@@ -105,6 +106,7 @@ def main() -> None:
             uppers.append([n._replace(start=n.start - first) for n in upper if n.start < first + args.bars * BAR])
         if len(uppers) == args.files:
             break
+    jam = load_settings(None, {}).jam
     results: dict[str, float | int | str] = {"lookahead_steps": args.lookahead, "files": len(uppers),
                                              "bars": args.bars, "budget_ms": BUDGET_MS}
     for kind in ("transformer", "lstm"):
@@ -115,7 +117,8 @@ def main() -> None:
         for number, upper in enumerate(uppers):
             stream = TokenStream(BAR, history=1 << 16)
             engine.reset(list(stream.tokens))
-            accompanist = Accompanist(engine, stream, AnswerOptions(1.0, 0.95, 16), (21, 59), make_generator(number), 80)
+            options, steering = accompaniment_options(jam, BAR, (21, 59))  # the defaults, as the daemon builds them
+            accompanist = Accompanist(engine, stream, options, (21, 59), make_generator(number), 80, steering)
             began = time.perf_counter()
             for name, values in play(accompanist, upper, args.lookahead, args.bars * BAR + BAR).items():
                 times[name] += values

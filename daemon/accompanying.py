@@ -16,7 +16,6 @@ from concurrent.futures import Future
 import numpy as np
 
 from daemon.accompaniment import AccompanyJob, AccompanyPlan, accompaniment_report, accompany
-from daemon.answer_loop import AnswerOptions
 from daemon.answer_playback import AnswerPlayback
 from daemon.answerer import Answerer
 from daemon.codec import Note
@@ -24,7 +23,7 @@ from daemon.config import Settings, parse_pitch_range
 from daemon.conversation import Conversation
 from daemon.listener import Listener
 from daemon.live_tokenizer import quantise
-from daemon.steering import PlayerSteering
+from daemon.steering import accompaniment_options
 from daemon.timeline import Timeline
 
 
@@ -82,10 +81,10 @@ class Accompanying:
     def _start(self, settings: Settings, t: float, step: int, rng: np.random.Generator) -> AccompanyJob:
         jam, timeline = settings.jam, self.timeline
         join = timeline.join_step(t)
+        pitch_range = parse_pitch_range(jam.accompany_range)
         plan = AccompanyPlan(join, timeline.bar_origin, jam.accompany_tail_bars, self.listener.velocity(jam.velocity),
-                             parse_pitch_range(jam.accompany_range), timeline.view,
-                             AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps),
-                             PlayerSteering(jam, timeline.steps_per_bar, self.listener.call_notes),
+                             pitch_range, timeline.view,
+                             *accompaniment_options(jam, timeline.steps_per_bar, pitch_range, self.listener.call_notes),
                              jam.accompany_lookahead_steps, self.playback.output.send_ahead, rng)
         self.job = job = AccompanyJob(plan, self.conversation.stream.copy(), step)
         self.conversation.accompaniment = job

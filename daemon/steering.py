@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -158,10 +158,14 @@ def answer_options(jam: JamSettings, call: Sequence[Note], steps_per_bar: int, c
 class PlayerSteering:
     """An accompaniment's steering: with `key = "auto"` the scale is the key of the player's
     latest notes, found again as each comes in (the model's own notes do not count); a named key
-    and `clashes` as for an answer. Worker thread: the `Accompanist` tells it the player's notes."""
+    and `clashes` as for an answer. The accompaniment's pitch range is its register, so that an
+    onset is offered only where a pitch in the range can follow it. Worker thread: the
+    `Accompanist` tells it the player's notes."""
 
-    def __init__(self, jam: JamSettings, steps_per_bar: int, call: Sequence[Note] = ()) -> None:
+    def __init__(self, jam: JamSettings, steps_per_bar: int, pitch_range: tuple[int, int],
+                 call: Sequence[Note] = ()) -> None:
         self.key, self.clashes, self.steps_per_bar = jam.key, jam.clashes, steps_per_bar
+        self.in_range = (PITCHES >= pitch_range[0]) & (PITCHES <= pitch_range[1])
         self.heard: deque[Note] = deque(call, maxlen=KEY_MEMORY)
         self.steering = self._steering()
 
@@ -171,8 +175,18 @@ class PlayerSteering:
             self.steering = self._steering()
 
     def _steering(self) -> Steering | None:
-        return steering_for(list(self.heard), self.key, "free", self.clashes, "free", self.steps_per_bar, self.steps_per_bar)
+        found = steering_for(list(self.heard), self.key, "free", self.clashes, "free", self.steps_per_bar,
+                             self.steps_per_bar)
+        return None if found is None else replace(found, register=self.in_range)
 
     def narrow(self, mask: np.ndarray, state: GrammarState, bar: int, notes: Sequence[Note]) -> None:
         if self.steering is not None:
             steer(mask, state, bar, self.steps_per_bar, self.steering, notes)
+
+
+def accompaniment_options(jam: JamSettings, steps_per_bar: int, pitch_range: tuple[int, int],
+                          call: Sequence[Note] = ()) -> tuple[AnswerOptions, PlayerSteering]:
+    """How an accompaniment in `pitch_range` samples under the jam settings (`call`: the player's
+    notes so far), the way the daemon and the benchmarks build it."""
+    options = AnswerOptions(jam.temperature, jam.top_p, jam.max_note_steps)
+    return options, PlayerSteering(jam, steps_per_bar, pitch_range, call)

@@ -8,14 +8,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.accompanist import Accompanist, pitch_range_narrowing
-from daemon.answer_loop import AnswerOptions
-from daemon.codec import PITCH_BASE, Note, decode
+from daemon.answer_loop import AnswerOptions, compose_mask
+from daemon.codec import DURATION_BASE, PITCH_BASE, Note, decode
 from daemon.config import ConfigError, load_settings, parse_pitch_range
 from daemon.engine import Engine
 from daemon.grammar import HAVE_OFFSET, accepts, advance, walk
 from daemon.live_tokenizer import TokenStream
 from daemon.model import build_model, config_from_dict
 from daemon.sampling import make_generator
+from daemon.steering import accompaniment_options
 
 BAR = 16
 RANGE = (40, 59)
@@ -136,6 +137,24 @@ def test_notes_in_at_their_onsets_leave_a_decodable_stream_with_every_player_not
     for note in fixed:
         assert decoded.get((note.start, note.pitch)) == note.duration or any(
             p.note.start == note.start and p.note.pitch == note.pitch for p in players)  # or the player struck it too
+
+
+def test_the_steering_offers_an_onset_only_where_a_pitch_in_the_range_can_follow():
+    """As the daemon builds it (clashes followed), with 40 the only pitch in range and a model
+    note at 41 sounding over steps 0-7: no onset before 8 (40 would clash, every other pitch is
+    out of range), and after every onset offered some pitch is left."""
+    jam = load_settings(None, {}).jam
+    options, steering = accompaniment_options(jam, BAR, (40, 40))
+    options = AnswerOptions(options.temperature, options.top_p, options.max_note_steps,
+                            (pitch_range_narrowing(40, 40), steering.narrow))
+    ringing = [Note(0, 41, 8, 70)]
+    state = walk([0, 1 + 0, PITCH_BASE + 41 - 21, DURATION_BASE + 8 - 1])  # that note, in a bar at 0
+    mask = compose_mask(state, 0, BAR, 1, 64, options, ringing)
+    onsets = [int(t) for t in np.flatnonzero(mask[1:1 + BAR])]  # offsets (the slice starts at offset 0)
+    assert onsets and min(onsets) == 8
+    for offset in onsets:
+        after = compose_mask(advance(state, 1 + offset), 0, BAR, 1, 64, options, ringing)
+        assert after[PITCH_BASE:PITCH_BASE + 88].any()
 
 
 def test_a_late_player_note_rolls_back_what_was_decided_and_the_engine_matches_a_fresh_one(engine):

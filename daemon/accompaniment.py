@@ -29,9 +29,10 @@ import numpy as np
 
 from daemon.accompanist import Accompanist
 from daemon.answer_loop import AnswerOptions
-from daemon.answerer import PACING_WAIT_S, SCHEDULE_MARGIN_S
+from daemon.answerer import PACING_WAIT_S, SCHEDULE_MARGIN_S, Answerer
 from daemon.clock import now
 from daemon.codec import Note
+from daemon.decoding import ROLLBACK_TOKENS
 from daemon.live_tokenizer import TokenStream
 from daemon.steering import PlayerSteering
 from daemon.timeline import TimelineView
@@ -115,10 +116,11 @@ class AccompanyJob:
                     return left
 
 
-def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: Callable[[AccompanyJob, Note], None],
-              on_done: Callable[[AccompanyJob], None], token_seconds: Callable[[], float]) -> None:
-    """The worker's loop for one job (see the module's docstring); Answerer.run runs it."""
-    plan, view = job.plan, job.plan.timeline
+def accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[[AccompanyJob, Note], None],
+              on_done: Callable[[AccompanyJob], None]) -> None:
+    """The worker's loop for one job (see the module's docstring); Answerer.run runs it. It keeps
+    the answerer's per-token estimate (`token_seconds`) measured as it decides."""
+    plan, view, post = job.plan, job.plan.timeline, answerer.post
     bar_len = job.stream.steps_per_bar
     accompanist = job.accompanist = Accompanist(engine, job.stream, plan.options, plan.pitch_range, plan.rng,
                                                 plan.velocity, plan.steering)
@@ -146,9 +148,13 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
 
     # When the player's notes last taken in began to go in: what they cost ends with the next decide.
     taken_at: float | None = None
+    # Feeding again in `settle` costs less a token than deciding (no sampling, no masks): measured
+    # apart, from the first settle on.
+    settle_token_s = answerer.token_seconds
     while not job.stop.is_set():
         t = now()
-        reach = view.position(t + margin + 3 * token_seconds())  # what playback reaches before a note is scheduled
+        ahead = margin + 3 * answerer.token_seconds  # how long before its onset a note must be fixed
+        reach = view.position(t + ahead)  # what playback reaches before a note is scheduled
         for note in accompanist.fix(math.floor(reach)):
             post(on_note, job, note)
         end = plan.end_after(job.last_activity, bar_len)
@@ -156,17 +162,30 @@ def accompany(engine, job: AccompanyJob, post: Callable[..., object], on_note: C
             if drain():  # the player played on meanwhile
                 continue
             break
-        accompanist.decide(math.floor(view.position(t)) + plan.lookahead_steps, max(plan.join, math.floor(reach) + 1),
-                           end)
+        step = math.floor(view.position(t))
+        position, began = engine.position, time.perf_counter()
+        accompanist.decide(step + plan.lookahead_steps, max(plan.join, math.floor(reach) + 1), end)
+        if engine.position > position:
+            answerer.token_seconds = 0.9 * answerer.token_seconds + 0.1 * (time.perf_counter() - began) / (
+                engine.position - position)
         if taken_at is not None:
             accompanist.stats.redecide_seconds.append(time.perf_counter() - taken_at)
             taken_at = None
-        # Sleep until the next note is due to be fixed or the next step begins, or a message comes.
-        following = accompanist.decided[0].note.start if accompanist.decided else math.floor(view.position(t)) + 1
-        wake = view.time_at(following) - margin - 3 * token_seconds()
-        if accompanist.releases and now() + 2 * accompanist.settle_tokens() * token_seconds() + SETTLE_MARGIN_S < wake:
-            accompanist.settle()  # a quiet moment: the released notes' lengths go in, and the lookahead is decided again
-            continue
+        # Sleep until the next note is due to be fixed, the horizon moves on (the next step), or
+        # the stretch may end; or a message comes.
+        wake = min(view.time_at(step + 1), view.time_at(end) + END_GRACE_S)
+        if accompanist.decided:
+            wake = min(wake, view.time_at(accompanist.decided[0].note.start) - ahead)
+        if accompanist.releases:
+            tokens = accompanist.settle_tokens()
+            # A quiet moment: the released notes' lengths go in (fed again, and the lookahead
+            # decided again). Past half the engine's reach they go in at once, quiet or not:
+            # waiting longer, they would fall out of it and keep the lengths guessed at their onsets.
+            if tokens >= ROLLBACK_TOKENS // 2 or now() + 2 * tokens * settle_token_s + SETTLE_MARGIN_S < wake:
+                began = time.perf_counter()
+                accompanist.settle()
+                settle_token_s = 0.8 * settle_token_s + 0.2 * (time.perf_counter() - began) / max(tokens, 1)
+                continue
         try:
             message = job.inbox.get(timeout=min(max(wake - now(), 0.0), PACING_WAIT_S))
         except queue.Empty:

@@ -91,7 +91,7 @@ class Accompanying:
         self.emit({"type": "accompaniment_started", "join_step": join})
         self.emit({"type": "state"})
         answerer = self.answerer
-        answerer.run(accompany, job, answerer.post, self._play, self._done, lambda: answerer.token_seconds)
+        answerer.run(accompany, job, answerer, self._play, self._done)
         return job
 
     def _play(self, job: AccompanyJob, note: Note) -> None:

@@ -56,6 +56,14 @@ def tiny_weights(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def eager_weights(tmp_path_factory) -> Path:
+    """The tiny Transformer, made to begin notes often: for tests of what it plays along."""
+    from daemon_process import save_tiny_weights
+
+    return save_tiny_weights(tmp_path_factory.mktemp("weights") / "eager", "transformer", eager=True)
+
+
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test: training tests stay repeatable and leave a core free."""

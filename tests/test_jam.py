@@ -564,13 +564,13 @@ def test_always_clicks_every_beat_of_the_call_and_the_answer_until_stopped(tiny_
     assert d.app.session.stats["echoes_ignored"] >= len(clicks) - 1 + len(answer)
 
 
-def test_accompany_puts_each_key_in_at_its_onset_and_its_length_at_release(tiny_weights):
+def test_accompany_puts_each_key_in_at_its_onset_and_its_length_at_release(eager_weights):
     """The whole path in-process: every onset goes to the accompaniment at once, every release
     puts the length right, and the stream the conversation takes back holds each of the player's
     notes once, as played, with the model's notes in the range and all released."""
 
     async def scenario():
-        async with duet(tiny_weights, mode="accompany", accompany_range="40-59") as d:
+        async with duet(eager_weights, mode="accompany", accompany_range="40-59") as d:
             origin = await d.play(FOLLOW_CALL)
             report = await d.wait_for("accompaniment_finished")
             await asyncio.sleep(0.2)

@@ -80,12 +80,12 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon_factory(jack_server, tiny_weights):
+def daemon_factory(jack_server, tiny_weights, eager_weights):
     started: list[Daemon] = []
     keyboards: list[Keyboard] = []
 
-    def start(*args: str, name: str = "antiphon") -> tuple[Daemon, Keyboard | None]:
-        daemon = Daemon(tiny_weights, "--client-name", name, *args)
+    def start(*args: str, name: str = "antiphon", eager: bool = False) -> tuple[Daemon, Keyboard | None]:
+        daemon = Daemon(eager_weights if eager else tiny_weights, "--client-name", name, *args)
         started.append(daemon)
         keyboard = None
         if "--virtual" in args:
@@ -419,7 +419,7 @@ UPPER = [Note(step, (72, 76, 79, 74)[step // 4 % 4], 3, 90) for step in range(0,
 
 def test_accompany_plays_in_range_on_the_grid_during_the_part_and_stops_after_its_bar(daemon_factory):
     daemon, keyboard = daemon_factory("--virtual", "--mode", "accompany", "--accompany-range", "40-59",
-                                      "--barge-in", name="antiphon-accompany")
+                                      "--barge-in", name="antiphon-accompany", eager=True)
     origin = play(keyboard.send, UPPER)
     report = daemon.wait_for("jam: accompaniment:", 10)
     time.sleep(16 * STEP)  # a bar more: nothing may come

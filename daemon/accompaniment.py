@@ -54,7 +54,6 @@ class AccompanyPlan:
     tail_bars: int
     velocity: int
     pitch_range: tuple[int, int]
-    timeline: TimelineView
     options: AnswerOptions
     steering: PlayerSteering  # the worker's from the start
     lookahead_steps: int
@@ -75,6 +74,8 @@ class AccompanyJob:
     plan: AccompanyPlan
     stream: TokenStream
     last_activity: float  # stream step of the player's latest key event
+    # Stream step <-> time; the loop replaces it whole while it follows the player's tempo.
+    view: TimelineView
     stop: threading.Event = field(default_factory=threading.Event)
     # ("onset", (step, pitch, velocity)) | ("note", Note) | ("activity", step)
     inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
@@ -120,7 +121,7 @@ def accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[[
               on_done: Callable[[AccompanyJob], None]) -> None:
     """The worker's loop for one job (see the module's docstring); Answerer.run runs it. It keeps
     the answerer's per-token estimate (`token_seconds`) measured as it decides."""
-    plan, view, post = job.plan, job.plan.timeline, answerer.post
+    plan, post = job.plan, answerer.post
     bar_len = job.stream.steps_per_bar
     accompanist = job.accompanist = Accompanist(engine, job.stream, plan.options, plan.pitch_range, plan.rng,
                                                 plan.velocity, plan.steering)
@@ -152,7 +153,7 @@ def accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[[
     # apart, from the first settle on.
     settle_token_s = answerer.token_seconds
     while not job.stop.is_set():
-        t = now()
+        t, view = now(), job.view
         ahead = margin + 3 * answerer.token_seconds  # how long before its onset a note must be fixed
         reach = view.position(t + ahead)  # what playback reaches before a note is scheduled
         for note in accompanist.fix(math.floor(reach)):

@@ -18,6 +18,7 @@ import numpy as np
 from daemon.accompaniment import AccompanyJob, AccompanyPlan, accompaniment_report, accompany
 from daemon.answer_playback import AnswerPlayback
 from daemon.answerer import Answerer
+from daemon.clock import now
 from daemon.codec import Note
 from daemon.config import Settings, parse_pitch_range
 from daemon.conversation import Conversation
@@ -38,14 +39,44 @@ class Accompanying:
         self.emit = emit
         self.on_end = on_end  # a job is done (the session's phase follows)
         self.job: AccompanyJob | None = None  # from its start until the worker is done with it
+        self._followed: int | None = None  # the step of the latest onset the grid followed (follow mode)
 
     def onset(self, settings: Settings, pitch: int, velocity: int, t: float, rng: np.random.Generator) -> None:
         """A key goes down at time t: it goes into the accompaniment's stream at once; with no
-        accompaniment running, one starts."""
+        accompaniment running, one starts, joining on the first beat from t. In follow mode the
+        grid follows the player's onsets."""
         step = quantise(self.timeline.position(t))
         job = self.job or self._start(settings, t, step, rng)
+        if self._following(settings, t):
+            self._follow(job, step, t)  # for the steps to come: this one is where the listener put it
         job.activity(step)
         job.onset(step, pitch, velocity)
+
+    def join(self, settings: Settings, events: list[tuple[str, tuple, float]], rng: np.random.Generator) -> None:
+        """Follow mode: the player's tempo and beat have just been read (the grid is theirs): an
+        accompaniment starts, joining on the next beat, with the player's notes so far (the
+        recorded `events`) going in at their onsets; the releases among them come as the
+        listener commits them."""
+        t = now()
+        job = self._start(settings, t, quantise(self.timeline.position(t)), rng)
+        for kind, arguments, at in events:
+            step = quantise(self.timeline.position(at))
+            if kind == "note_on":
+                pitch, velocity = arguments
+                self._followed = step
+                job.onset(step, pitch, velocity)
+            job.activity(step if kind == "note_on" else step - 1)
+
+    def _following(self, settings: Settings, t: float) -> bool:
+        return settings.tempo.tempo_mode == "follow" and not self.timeline.clock_present(t)
+
+    def _follow(self, job: AccompanyJob, step: int, t: float) -> None:
+        """The grid follows the player's onset (a chord's first note only), and the worker's view with it."""
+        if step == self._followed:
+            return  # a chord's later note, or a key struck again within the step
+        self._followed = step
+        if self.timeline.follow(t):
+            job.view = self.timeline.view
 
     def release(self, position: float) -> None:
         """A key comes up: the player is active up to the last step the note sounds in (its end,
@@ -83,12 +114,14 @@ class Accompanying:
         join = timeline.join_step(t)
         pitch_range = parse_pitch_range(jam.accompany_range)
         plan = AccompanyPlan(join, timeline.bar_origin, jam.accompany_tail_bars, self.listener.velocity(jam.velocity),
-                             pitch_range, timeline.view,
+                             pitch_range,
                              *accompaniment_options(jam, timeline.steps_per_bar, pitch_range, self.listener.call_notes),
                              jam.accompany_lookahead_steps, self.playback.output.send_ahead, rng)
-        self.job = job = AccompanyJob(plan, self.conversation.stream.copy(), step)
+        self.job = job = AccompanyJob(plan, self.conversation.stream.copy(), step, timeline.view)
         self.conversation.accompaniment = job
-        self.emit({"type": "accompaniment_started", "join_step": join})
+        self._followed = None
+        self.emit({"type": "accompaniment_started", "join_step": join, "bpm": round(timeline.grid.bpm, 2),
+                   "tempo_source": timeline.source})
         self.emit({"type": "state"})
         answerer = self.answerer
         answerer.run(accompany, job, answerer, self._play, self._done)

@@ -137,12 +137,13 @@ class JamSession:
                 return
             self._barge_in(t)
         self._cancel_next()
+        if self.accompanying and self.tempo.reading and self.tempo.stale(t):
+            self._end_call()  # a few notes too few to read the tempo from, and a pause: they were all
         if self.phase == Phase.IDLE:
             self._anchor(t)
         self.listener.note_on(pitch, velocity, self.timeline.position(t), t)
         if self.accompanying and not self.paused:
-            self.accompaniment.onset(self.settings, pitch, velocity, t, self.rng)
-            self.phase = Phase.ACCOMPANYING
+            self._accompany(pitch, velocity, t)
         self.feed.commit(t)
         self.feed.keep_ticking()
 
@@ -157,11 +158,23 @@ class JamSession:
                 position = self.timeline.position(t)
             self._plan_handover(position)
 
+    def _accompany(self, pitch: int, velocity: int, t: float) -> None:
+        """An onset in accompany mode: into the accompaniment; in follow mode, the model joins
+        once the player's tempo is read (until then the call is only recorded)."""
+        if not self.tempo.reading:
+            self.accompaniment.onset(self.settings, pitch, velocity, t, self.rng)
+            self.phase = Phase.ACCOMPANYING
+            return
+        events = self.tempo.read_to_join()
+        if events is not None:
+            self.accompaniment.join(self.settings, events, self.rng)
+            self.phase = Phase.ACCOMPANYING
+
     def _anchor(self, t: float) -> None:
         """The first onset after silence: beat one of the bar after everything so far."""
         if self.settings.steps_per_bar != self.timeline.steps_per_bar:
             self.conversation.change_meter(self.settings.steps_per_bar)
-        self.tempo.anchor(t, clicks=not self.paused, read=not self.accompanying)
+        self.tempo.anchor(t, clicks=not self.paused)
         self.listener.begin_call(self.timeline.end)
         self.phase = Phase.CALLING
 

@@ -193,14 +193,14 @@ def estimate_tempo(
         low, high = CANDIDATE_RATIOS[[0, -1]] * prior_bpm
         reason = f"too irregular: no tempo between {low:.0f} and {high:.0f} bpm fits the onsets"
         return TempoEstimate(None, onsets=n, reason=reason)
-    step_s, origin, sd = _fit_line(slots, times, timing_sd)
+    step_s, origin, sd = fit_line(slots, times, timing_sd)
     if sd > MAX_TEMPO_UNCERTAINTY:
         return TempoEstimate(None, onsets=n, sd_log_bpm=sd,
                              reason=f"too irregular: the onsets leave the tempo uncertain by ±{sd:.0%}")
     return TempoEstimate(15.0 / step_s, origin, n, sd)
 
 
-def _fit_line(slots: np.ndarray, times: np.ndarray, timing_sd: float) -> tuple[float, float, float]:
+def fit_line(slots: np.ndarray, times: np.ndarray, timing_sd: float) -> tuple[float, float, float]:
     """Least squares times = origin + slots * step: (step, origin, standard error of log step)."""
     k = slots.astype(float)
     mean_k, mean_t = k.mean(), times.mean()
@@ -224,6 +224,10 @@ class TempoTracker:
     def reset(self, bpm: float) -> None:
         self.bpm = bpm
         self._variance = self.prior_width**2
+
+    def follow(self, bpm: float) -> None:
+        """The tempo a player was followed to while playing along: the next call's prior centre."""
+        self.bpm = bpm
 
     def update(self, onsets: Sequence[float] | np.ndarray) -> TempoEstimate:
         """The call's estimate, its tempo fused with the tempo so far (the tracker takes it)."""
@@ -253,6 +257,52 @@ def _at_bpm(estimate: TempoEstimate, bpm: float, onsets: Sequence[float] | np.nd
     slots = np.round(old.position(times))
     origin = float(np.mean(times - slots * step))
     return replace(estimate, bpm=bpm, origin=origin)
+
+
+# Following a player while playing along (`GridFollower`): how far the length of a 16th may
+# wander per 16th (relative), how far an onset strays from its 16th (s), and the innovation,
+# in standard deviations, past which an onset is taken for a misread rhythm, not for the pulse.
+FOLLOW_DRIFT = 0.005
+FOLLOW_TIMING_S = 0.03
+FOLLOW_GATE = 2.0
+
+
+class GridFollower:
+    """The grid of a player who drifts, followed onset by onset: a Kalman filter on the time of
+    the latest onset's 16th and the length of a 16th. Each onset is placed on its 16th by the
+    grid as it stands (as the tokenizer places it), so an onset played far enough off to be
+    misread would pull the grid after it: one whose innovation is past `FOLLOW_GATE` standard
+    deviations is not taken. A fixed grid is perfect for a steady player; this one trades a few
+    milliseconds of that (jitter moves it) for staying with one who slows down or speeds up
+    (bench/follow_grid.py)."""
+
+    def __init__(self, grid: TempoGrid) -> None:
+        self.position = 0  # the grid position of the latest onset
+        self.state = np.array([grid.time_at(0), grid.step])  # (its time, the 16th's length)
+        self.covariance = np.diag([FOLLOW_TIMING_S**2, (0.02 * grid.step) ** 2])
+
+    @property
+    def grid(self) -> TempoGrid:
+        time, step = self.state
+        return TempoGrid(float(time - self.position * step), float(step))
+
+    def onset(self, t: float) -> bool:
+        """An onset at time t, placed on the nearest 16th of the grid; True if it moved the grid."""
+        position = round(self.grid.position(t))
+        steps = position - self.position
+        move = np.array([[1.0, steps], [0.0, 1.0]])
+        state = move @ self.state
+        covariance = move @ self.covariance @ move.T
+        covariance[1, 1] += (FOLLOW_DRIFT * self.state[1]) ** 2 * abs(steps)
+        spread = covariance[0, 0] + FOLLOW_TIMING_S**2
+        innovation = t - state[0]
+        if abs(innovation) > FOLLOW_GATE * math.sqrt(spread):
+            return False
+        gain = covariance[:, 0] / spread
+        self.state = state + gain * innovation
+        self.covariance = covariance - np.outer(gain, covariance[0, :])
+        self.position = position
+        return True
 
 
 TAP_GAP_S = 2.0  # a pause longer than this between taps starts a new count

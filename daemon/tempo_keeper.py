@@ -17,15 +17,20 @@ import logging
 import math
 from collections.abc import Callable
 
-from daemon.clock import now
+from daemon.clock import now, step_seconds
 from daemon.config import Settings
 from daemon.listener import Listener
 from daemon.metronome import Metronome
+from daemon.tempo import estimate_tempo
 from daemon.timeline import Timeline
 
 log = logging.getLogger("antiphon.jam")
 
 COUNT_IN_LEAD_S = 0.1  # a count-in's first click, after it is asked for
+# Follow mode in accompany mode: the model joins once the onsets span a bar at the tempo read
+# from them, or, if they cannot be read, once they span two at the tempo in use.
+JOIN_BARS = 1.0
+JOIN_GIVE_UP_BARS = 2.0
 
 
 class TempoKeeper:
@@ -50,18 +55,17 @@ class TempoKeeper:
         """Follow mode's call in progress: its notes wait for the hand-over, to be read on its own grid."""
         return self.listener.recording is not None
 
-    def anchor(self, t: float, clicks: bool = True, read: bool = True) -> None:
+    def anchor(self, t: float, clicks: bool = True) -> None:
         """The first onset after silence: the timeline anchored on the grid this call is played
         on (a running clock's, the one taps, a count-in or the running metronome set, the tempo
         read so far, or the fixed tempo); in follow mode the call starts recording. `clicks`: the
-        metronome may start (not while paused); `read`: follow mode may read this call (not in
-        accompany mode, which plays on the grid in use from its first beat)."""
+        metronome may start (not while paused)."""
         tempo, timeline = self.settings.tempo, self.timeline
         following = tempo.follow_clock and timeline.clock_present(t)
         keep_grid = following or timeline.preset or self.metronome.running  # the player plays to its beat
         if following:
             timeline.source = "clock"
-        elif not keep_grid and tempo.tempo_mode == "follow" and read:
+        elif not keep_grid and tempo.tempo_mode == "follow":
             self.listener.record()  # read at the hand-over; meanwhile the tempo so far times it
         elif not keep_grid:
             timeline.source = "fixed"
@@ -85,6 +89,36 @@ class TempoKeeper:
     def preview(self) -> bool:
         """The player pauses: in follow mode, the grid read from the call so far (True if it moved)."""
         return self.reading and self.timeline.preview_call(self.listener.onset_times())
+
+    def read_to_join(self) -> list[tuple[str, tuple, float]] | None:
+        """Follow mode in accompany mode, at each onset until it returns the call's events: the
+        player's tempo and beat one read from the onsets so far, once they span a bar at the
+        tempo they are read at (`JOIN_BARS`; the model joins then). Onsets that span
+        `JOIN_GIVE_UP_BARS` at the tempo in use and still cannot be read are taken at that tempo.
+        Either way the call so far is tokenized again on the grid (`Listener.replay`), recording
+        stops, and its events are returned."""
+        onsets = self.listener.onset_times()
+        bar_s = self.timeline.steps_per_bar * step_seconds(self.timeline.tracker.bpm)
+        estimate = estimate_tempo(onsets, self.timeline.tracker.bpm, self.timeline.steps_per_bar)
+        span = max(onsets) - min(onsets)
+        given_up = span >= JOIN_GIVE_UP_BARS * bar_s
+        if estimate.readable and (given_up or span >= JOIN_BARS * self.timeline.steps_per_bar * estimate.step):
+            estimate = self.timeline.read_call(onsets)  # the tracker takes it
+            log.info("tempo %.1f bpm read from the player (%d onsets): the model joins", estimate.bpm, estimate.onsets)
+        elif given_up:
+            log.info("tempo: the playing is %s; the model joins at %.1f bpm", estimate.reason, self.timeline.grid.bpm)
+        else:
+            return None
+        events = self.listener.recording
+        self.listener.replay(self.timeline.position)
+        return events
+
+    def stale(self, t: float) -> bool:
+        """Follow mode's call in accompany mode, never read, and the player silent for a bar (at
+        the tempo in use) before t: it is over, and the onset at t begins another."""
+        recording = self.listener.recording
+        bar_s = self.timeline.steps_per_bar * step_seconds(self.timeline.tracker.bpm)
+        return bool(recording) and not self.listener.busy and t - recording[-1][2] > bar_s
 
     def read_call(self, start: int) -> int:
         """Follow mode at the hand-over: read the call's tempo, tokenize it on that grid, and say

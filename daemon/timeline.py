@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from daemon.clock import ClockFollower, TempoGrid, step_seconds
-from daemon.tempo import TapTempo, TempoEstimate, TempoTracker, estimate_tempo
+from daemon.tempo import GridFollower, TapTempo, TempoEstimate, TempoTracker, estimate_tempo
 
 BEAT_STEPS = 4  # a quarter note, in sixteenths
 
@@ -56,6 +56,7 @@ class Timeline:
         self.tracker = TempoTracker(bpm, steps_per_bar)  # follow mode: the tempo read so far
         self.taps = TapTempo()
         self.preset = False  # the next anchor keeps the grid taps or a count-in set (and its bar lines)
+        self._follower: GridFollower | None = None
 
     @property
     def grid(self) -> TempoGrid:
@@ -131,6 +132,17 @@ class Timeline:
         if estimate.readable:
             self._anchor_on(estimate)
         return estimate.readable
+
+    def follow(self, t: float) -> bool:
+        """Follow mode while playing along: a player's onset at time t moves the grid with them
+        (`GridFollower`; the shift stays). True if it moved."""
+        if self._follower is None or self._follower.grid != self.grid:
+            self._follower = GridFollower(self.grid)  # the grid was set anew: follow from there
+        if not self._follower.onset(t):
+            return False
+        self.set_grid(self._follower.grid)
+        self.tracker.follow(self.grid.bpm)
+        return True
 
     def _anchor_on(self, estimate: TempoEstimate) -> None:
         self.set_grid(estimate.grid())

@@ -437,6 +437,38 @@ def test_follow_mode_reads_the_calls_tempo_and_answers_on_its_grid(tiny_weights)
     assert sum(n.start == m.start for n, m in zip(player, FOLLOW_CALL)) >= len(FOLLOW_CALL) - 1
 
 
+def test_accompany_in_follow_mode_joins_once_the_tempo_is_read_and_plays_on_the_players_grid(eager_weights):
+    played_bpm = 132.0  # the setting says 120
+    part = FOLLOW_CALL + [n._replace(start=n.start + 32) for n in FOLLOW_CALL]  # four bars
+
+    async def scenario():
+        async with duet(eager_weights, bpm=120.0, tempo_mode="follow", mode="accompany", accompany_range="40-59") as d:
+            start = asyncio.get_running_loop().time() + 0.05
+            await play(phrase_events(part, played_bpm), d.ports.play, start)
+            started = await d.wait_for("accompaniment_started")
+            report = await d.wait_for("accompaniment_finished")
+            await asyncio.sleep(0.2)
+            return d, start, started, report, d.app.state()
+
+    d, origin, started, report, state = asyncio.run(scenario())
+    assert started["tempo_source"] == "follow" and started["bpm"] == pytest.approx(played_bpm, rel=0.04)
+    assert state["tempo_source"] == "follow" and state["bpm"] == pytest.approx(played_bpm, rel=0.04)
+    # Read once the onsets span a bar (the one on step 16): it joins on the beat after that onset.
+    assert 16 <= started["join_step"] <= 20
+    ons = [t for t, m in d.recorded if m.type == "note_on" and m.velocity > 0]
+    assert report["notes"] == len(ons) > 0 and not report["stopped"] and report["moved_player_notes"] == 0
+    positions = [(t - origin) / step_seconds(played_bpm) for t in ons]
+    assert min(positions) > 16 - 0.5 and max(positions) < 64
+    assert sorted(abs(p - round(p)) for p in positions)[len(positions) // 2] < 0.2  # on the player's 16ths
+    assert all(40 <= m.note <= 59 for _, m in d.recorded if m.type == "note_on")
+    assert paired(d.recorded)
+    tokens = list(d.app.session.conversation.stream.tokens)
+    assert accepts(tokens)
+    player = [n for n in decode(tokens) if n.pitch >= 60]
+    assert [n.pitch for n in player] == [n.pitch for n in part]
+    assert sum(n.start - player[0].start == m.start for n, m in zip(player, part)) >= len(part) - 1
+
+
 def test_follow_mode_keeps_the_tempo_when_a_call_is_too_short_to_read(tiny_weights):
     async def scenario():
         async with duet(tiny_weights, bpm=120.0, tempo_mode="follow", answer_bars=1) as d:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -79,3 +80,36 @@ def test_extending_the_stream_end():
     assert timeline.end == 32
     timeline.extend_to(5)
     assert timeline.end == 32
+
+
+def test_following_a_player_who_slows_down_keeps_the_grid_on_their_onsets():
+    """Eighths from 132 down to 110 bpm over eight bars, with 10 ms of jitter: after the first
+    bar, the grid as it stands at each onset has the player's next onset on its 16th within
+    40 ms (15 ms on average); a fixed grid is off by more than a 16th by the end."""
+    rng = np.random.default_rng(0)
+    timeline = Timeline(132.0, 16, 0.0)
+    timeline.anchor(1.0, 132.0)
+    t, errors = 1.0, []
+    for i in range(64):
+        played = t + rng.normal(0, 0.010)
+        if i >= 8:
+            errors.append(abs(timeline.time_at(2 * i) - t))
+        assert round(timeline.position(played)) == 2 * i  # the tokenizer puts it where the player meant it
+        timeline.follow(played)
+        t += 2 * step_seconds(132.0 - 22.0 * i / 63)
+    assert max(errors) < 0.040 and np.mean(errors) < 0.015
+    assert abs(TempoGrid(1.0, step_seconds(132.0)).time_at(126) - t) > step_seconds(110.0)
+    assert timeline.grid.bpm == pytest.approx(110.0, rel=0.03) and timeline.tracker.bpm == timeline.grid.bpm
+
+
+def test_following_a_steady_player_keeps_the_grid_and_ignores_a_misread_onset():
+    step = step_seconds(60.0)
+    timeline = Timeline(60.0, 16, 0.0)
+    timeline.anchor(0.0, 60.0)
+    for i in range(16):
+        timeline.follow(2 * i * step)
+    assert timeline.grid.bpm == pytest.approx(60.0) and timeline.position(32 * step) == pytest.approx(32)
+    # An onset 40% of a 16th late (100 ms): too far off the pulse to be taken for it.
+    assert not timeline.follow((32 + 0.4) * step)
+    assert timeline.grid.bpm == pytest.approx(60.0)
+    assert timeline.follow((34 + 0.1) * step) and timeline.position((34 + 0.1) * step) == pytest.approx(34.1, abs=0.08)

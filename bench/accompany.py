@@ -3,7 +3,7 @@ daemon (mode accompany), the model accompanying below middle C, against the file
 (the human reference) and a random grammar-valid stream in the same range (the floor).
 
     nice -n 19 python bench/accompany.py [--pieces 6] [--bars 8] [--weights transformer] [--range 21-59] \
-        [--data FOLDER ...] [-- DAEMON FLAGS, e.g. --key auto]
+        [--follow] [--offline] [--data FOLDER ...] [-- DAEMON FLAGS, e.g. --key auto]
 
 Each piece: its notes split at middle C (60 and up: the upper part, played; below: the lower
 part, the human reference); the first `--bars` bars from the upper part's first onset (beat one for the daemon);
@@ -21,6 +21,12 @@ jitter. Prints one JSON line per test folder (the first `--pieces` files of each
   daemon/keys.py), on_beat_rate (onsets on a quarter note), and the same notes_per_bar /
   in_scale_rate / on_beat_rate for human_* and random_*.
 Goal: zero late and zero unreleased; in_scale_rate >= human - 0.05 and well above random.
+
+Also, from the model's onsets on the player's true grid (the file's tempo, the first onset as step
+0): join_bars (the first one, in bars), on_grid_rate (within a quarter of a 16th of a 16th), and
+with --follow (the daemon in follow mode at 100 bpm, never told the file's tempo: it reads the
+player's, joins, and follows) bpm_error_pct (the tempo it read, against the file's); each as
+[mean, standard error, pieces].
 
 With --offline the pieces are played into the `Accompanist` itself, with no clock and no ports,
 sixteenth by sixteenth as bench/rollback.py does (the settings from the daemon flags after --):
@@ -69,6 +75,7 @@ ANTIPHON = Path(sys.executable).with_name("antiphon")
 BAR = 16
 MIDDLE_C = 60
 JITTER_S = 0.008
+FOLLOW_PRIOR_BPM = 100.0  # --follow: the daemon's setting (its default); the player plays at the file's tempo
 REPORT = re.compile(r"accompaniment: (\d+) notes, (\d+) rollbacks \(event p99 (\S+) ms, re-decided p99 (\S+) ms\), "
                     r"(\d+) player's notes moved, (\d+) lengths revised, late notes so far: (\d+) played, (\d+) dropped")
 
@@ -143,8 +150,9 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
     if len(upper) < 4:
         return None
     bpm = file_bpm(path)
+    tempo = ["--tempo-mode", "follow", "--bpm", str(FOLLOW_PRIOR_BPM)] if args.follow else ["--bpm", str(bpm)]
     command = [str(ANTIPHON), "run", "--midi-api", "jack", "--virtual", "--client-name", f"antiphon-acc{number}",
-               "--bpm", str(bpm), "--seed", str(number), "--weights", args.weights, "--mode", "accompany",
+               *tempo, "--seed", str(number), "--weights", args.weights, "--mode", "accompany",
                "--accompany-range", args.range, "--no-follow-clock", *args.daemon_flags]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
@@ -197,8 +205,14 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
     last_sound = max((n.start + n.duration for n in model), default=0)
     key = find_key(upper)
     low, high = parse_pitch_range(args.range)
+    # Where the model's onsets fall on the player's true grid, in 16ths from the first onset.
+    positions = np.array([(t - origin) / step_seconds(bpm) for t, m in received if m.type == "note_on" and m.velocity])
+    read = re.search(r"tempo (\S+) bpm read from the player", "\n".join(lines))
     return {
         "bars": args.bars,
+        "join_bars": float(positions.min() / BAR) if positions.size else float("nan"),
+        "on_grid_rate": float(np.mean(np.abs(positions - np.round(positions)) <= 0.25)) if positions.size else float("nan"),
+        "bpm_error_pct": abs(float(read.group(1)) / bpm - 1) * 100 if read else float("nan"),
         "model": figures(model, key, args.bars),
         "human": figures(lower, key, args.bars),
         "random": figures(random_stream(args.bars, (low, high), number), key, args.bars),
@@ -257,6 +271,11 @@ def summary(folder: Path, results: list[dict], args: argparse.Namespace) -> dict
         "moved": sum(r["moved"] for r in results),
         "revised": sum(r["revised"] for r in results),
     }
+    for figure in ("join_bars", "on_grid_rate", "bpm_error_pct"):
+        values = [r[figure] for r in results if figure in r and not np.isnan(r[figure])]
+        line[figure] = [round(float(np.mean(values)), 3),
+                        round(float(np.std(values, ddof=1) / np.sqrt(len(values))), 3) if len(values) > 1 else None,
+                        len(values)]
     for source in ("model", "human", "random"):
         for figure in ("notes_per_bar", "in_scale_rate", "on_beat_rate"):
             line[f"{source}_{figure}"] = mean(source, figure)
@@ -274,6 +293,8 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=256, help="JACK period in frames at 48 kHz")
     parser.add_argument("daemon_flags", nargs="*", help="after --: more flags for the daemon, e.g. --key auto")
     parser.add_argument("--offline", action="store_true", help="into the Accompanist itself: no clock, no ports")
+    parser.add_argument("--follow", action="store_true",
+                        help=f"the daemon in follow mode at {FOLLOW_PRIOR_BPM:g} bpm, not told the file's tempo")
     args = parser.parse_args()
     if args.offline:
         settings = load_settings(None, overrides_from(build_parser().parse_args(["run", *args.daemon_flags])))
@@ -295,7 +316,8 @@ def main() -> None:
                 if result is not None:
                     print(f"{path.name}: {json.dumps(result)}", file=sys.stderr)
                     results.append(result)
-            print(json.dumps(summary(folder, results, args) | {"offline": args.offline}), flush=True)
+            print(json.dumps(summary(folder, results, args) | {"offline": args.offline, "follow": args.follow}),
+                  flush=True)
 
 
 if __name__ == "__main__":

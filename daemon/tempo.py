@@ -269,17 +269,22 @@ FOLLOW_GATE = 2.0
 
 class GridFollower:
     """The grid of a player who drifts, followed onset by onset: a Kalman filter on the time of
-    the latest onset's 16th and the length of a 16th. Each onset is placed on its 16th by the
-    grid as it stands (as the tokenizer places it), so an onset played far enough off to be
-    misread would pull the grid after it: one whose innovation is past `FOLLOW_GATE` standard
-    deviations is not taken. A fixed grid is perfect for a steady player; this one trades a few
-    milliseconds of that (jitter moves it) for staying with one who slows down or speeds up
-    (bench/follow_grid.py)."""
+    the latest onset's 16th and the length of a 16th. Each onset is first placed on a 16th: the
+    nearest one or a neighbour, whichever the timing (as the grid predicts it) and the rhythm
+    model (how often that gap follows the last onset's place in the bar) make likelier, so that
+    a sixteenth played a little late is not taken for a pulse slowing down. One whose innovation
+    is past `FOLLOW_GATE` standard deviations even so is not taken. A fixed grid is perfect for a
+    steady player; this one trades a few milliseconds of that (jitter moves it) for staying with
+    one who slows down or speeds up (bench/follow_grid.py)."""
 
-    def __init__(self, grid: TempoGrid) -> None:
-        self.position = 0  # the grid position of the latest onset
-        self.state = np.array([grid.time_at(0), grid.step])  # (its time, the 16th's length)
+    def __init__(self, grid: TempoGrid, t: float, steps_per_bar: int = 16, bar_line: float = 0.0) -> None:
+        """Following `grid` from time t on; `bar_line`: a grid position where a bar begins."""
+        self.position = round(grid.position(t))  # the grid position of the latest onset
+        self.state = np.array([grid.time_at(self.position), grid.step])  # (its time, the 16th's length)
         self.covariance = np.diag([FOLLOW_TIMING_S**2, (0.02 * grid.step) ** 2])
+        self.model = _rhythm_model(steps_per_bar)
+        self.bar_line = round(bar_line)
+        self.placed = False  # no onset placed yet: the first one is placed by timing alone
 
     @property
     def grid(self) -> TempoGrid:
@@ -287,21 +292,34 @@ class GridFollower:
         return TempoGrid(float(time - self.position * step), float(step))
 
     def onset(self, t: float) -> bool:
-        """An onset at time t, placed on the nearest 16th of the grid; True if it moved the grid."""
-        position = round(self.grid.position(t))
-        steps = position - self.position
-        move = np.array([[1.0, steps], [0.0, 1.0]])
-        state = move @ self.state
-        covariance = move @ self.covariance @ move.T
-        covariance[1, 1] += (FOLLOW_DRIFT * self.state[1]) ** 2 * abs(steps)
-        spread = covariance[0, 0] + FOLLOW_TIMING_S**2
-        innovation = t - state[0]
+        """An onset at time t; True if it moved the grid."""
+        nearest = round(self.grid.position(t))
+        best = None
+        for position in (nearest - 1, nearest, nearest + 1):
+            if self.placed and position <= self.position:
+                continue
+            steps = position - self.position
+            move = np.array([[1.0, steps], [0.0, 1.0]])
+            state = move @ self.state
+            covariance = move @ self.covariance @ move.T
+            covariance[1, 1] += (FOLLOW_DRIFT * self.state[1]) ** 2 * abs(steps)
+            spread = covariance[0, 0] + FOLLOW_TIMING_S**2
+            innovation = t - state[0]
+            score = -0.5 * innovation**2 / spread
+            if self.placed:
+                place = (self.position - self.bar_line) % self.model.bar
+                score += self.model.log_gap[place * (MAX_GAP + 1) + min(steps, MAX_GAP)]
+            if best is None or score > best[0]:
+                best = (score, position, state, covariance, spread, innovation)
+        if best is None:
+            return False
+        _, position, state, covariance, spread, innovation = best
         if abs(innovation) > FOLLOW_GATE * math.sqrt(spread):
             return False
         gain = covariance[:, 0] / spread
         self.state = state + gain * innovation
         self.covariance = covariance - np.outer(gain, covariance[0, :])
-        self.position = position
+        self.position, self.placed = position, True
         return True
 
 

@@ -137,7 +137,8 @@ class Timeline:
         """Follow mode while playing along: a player's onset at time t moves the grid with them
         (`GridFollower`; the shift stays). True if it moved."""
         if self._follower is None or self._follower.grid != self.grid:
-            self._follower = GridFollower(self.grid)  # the grid was set anew: follow from there
+            # The grid was set anew: follow from there.
+            self._follower = GridFollower(self.grid, t, self.steps_per_bar, self.bar_origin - self.shift)
         if not self._follower.onset(t):
             return False
         self.set_grid(self._follower.grid)

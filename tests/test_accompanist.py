@@ -89,11 +89,14 @@ def test_any_interleaving_leaves_a_decodable_stream_with_every_player_note(engin
         if note.start != original.start:  # moved: only to where playback was when it arrived
             assert note.start <= max(arrived, previous) + 1  # (or just after a note moved there before it)
         previous = note.start
-    for note in fixed:  # what sounded stays
-        assert (note.start, note.pitch, note.duration) in decoded
-        assert RANGE[0] <= note.pitch <= RANGE[1]
-    model = decoded - {(n.start, n.pitch, n.duration) for _, n, _ in placed}
-    assert model == {(n.start, n.pitch, n.duration) for n in fixed}  # nothing unsounded is left
+    # What sounded stays, unless the player struck it too (the same pitch at the same step): then
+    # the player's note is the one in the stream.
+    struck = {(n.start, n.pitch) for _, n, _ in placed}
+    sounded = {(n.start, n.pitch, n.duration) for n in fixed if (n.start, n.pitch) not in struck}
+    assert sounded <= decoded
+    assert all(RANGE[0] <= n.pitch <= RANGE[1] for n in fixed)
+    model = {note for note in decoded if note[:2] not in struck}
+    assert model == sounded  # nothing unsounded is left
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

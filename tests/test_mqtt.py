@@ -122,6 +122,7 @@ def test_online_and_the_retained_state_document(jam: Jam, mosquitto_module: Brok
         ("set/bpm", "240", "bpm", 240.0),
         ("set/temperature", "1", "temperature", 1.0),
         ("set/tempo_mode", "follow", "tempo_mode", "follow"),
+        ("set/tempo_mode", "fixed", "tempo_mode", "fixed"),  # the tests after these play at a fixed tempo
         ("set/clashes", "free", "clashes", "free"),
         ("set/key", '"F# minor"', "key", "F# minor"),
         ("set/accompany-range", "30-50", "accompany_range", "30-50"),

@@ -273,7 +273,7 @@ def summary(folder: Path, results: list[dict], args: argparse.Namespace) -> dict
     }
     for figure in ("join_bars", "on_grid_rate", "bpm_error_pct"):
         values = [r[figure] for r in results if figure in r and not np.isnan(r[figure])]
-        line[figure] = [round(float(np.mean(values)), 3),
+        line[figure] = [round(float(np.mean(values)), 3) if values else None,
                         round(float(np.std(values, ddof=1) / np.sqrt(len(values))), 3) if len(values) > 1 else None,
                         len(values)]
     for source in ("model", "human", "random"):

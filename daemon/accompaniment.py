@@ -84,6 +84,7 @@ class AccompanyJob:
     end: int = 0  # the bar line it stopped at (set by the worker when it ends)
     played: int = 0  # model notes sent (loop)
     done: bool = False  # the worker has finished (set on the loop)
+    failed: bool = False  # the worker raised (it logged why): the engine no longer matches the stream
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -119,8 +120,21 @@ class AccompanyJob:
 
 def accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[[AccompanyJob, Note], None],
               on_done: Callable[[AccompanyJob], None]) -> None:
-    """The worker's loop for one job (see the module's docstring); Answerer.run runs it. It keeps
-    the answerer's per-token estimate (`token_seconds`) measured as it decides."""
+    """The worker's side of one job (see the module's docstring); Answerer.run runs it. However it
+    ends, the loop hears of it (`on_done`): a job that raised is `failed`, its stream kept as it
+    stands (grammatical: tokens go in whole) and the engine to be reset to it."""
+    try:
+        _accompany(engine, job, answerer, on_note)
+    except Exception:
+        log.error("the accompaniment failed; the stream is kept and the engine starts again from it", exc_info=True)
+        job.failed = True
+        job.close()
+        job.end = job.plan.end_after(job.last_activity, job.stream.steps_per_bar)
+    answerer.post(on_done, job)
+
+
+def _accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[[AccompanyJob, Note], None]) -> None:
+    """The loop: it keeps the answerer's per-token estimate (`token_seconds`) measured as it decides."""
     plan, post = job.plan, answerer.post
     bar_len = job.stream.steps_per_bar
     accompanist = job.accompanist = Accompanist(engine, job.stream, plan.options, plan.pitch_range, plan.rng,
@@ -198,7 +212,6 @@ def accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[[
         take(message)
     accompanist.finish()
     job.end = plan.end_after(job.last_activity, bar_len)
-    post(on_done, job)
 
 
 def accompaniment_report(job: AccompanyJob, late_played: int, late_dropped: int) -> dict:
@@ -221,6 +234,7 @@ def accompaniment_report(job: AccompanyJob, late_played: int, late_dropped: int)
         "late_played": late_played,
         "late_dropped": late_dropped,
         "stopped": job.stop.is_set(),
+        "failed": job.failed,
     }
     log.info("accompaniment: %d notes, %d rollbacks (event p99 %s ms, re-decided p99 %s ms), %d player's notes moved, "
              "%d lengths revised, late notes so far: %d played, %d dropped%s", job.played, event["rollbacks"],

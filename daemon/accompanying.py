@@ -141,6 +141,9 @@ class Accompanying:
         if self.job is job:
             self.job = None
         self.conversation.take_stream(job)
+        if job.failed:
+            self.playback.output.release_all()
+            self.conversation.resync()
         self.conversation.add_player_notes(job.leftover)
         stats = self.playback.output.stats
         self.emit(accompaniment_report(job, stats.late_played, stats.late_dropped))

@@ -82,7 +82,7 @@ class AnswerPlayback:
     def stop(self, job: AnswerJob, t: float) -> None:
         """End the answer at time t: its notes released, those sent by then kept in the context."""
         job.stop.set()
-        job.barged_in = True
+        job.barged_in = not job.failed  # a failed answer is ended here too
         self.output.release_all()
         self.metronome.cut_count_in()
         self.conversation.add_played(job, t, self.output.send_ahead)

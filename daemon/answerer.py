@@ -75,6 +75,7 @@ class AnswerJob:
     first_error_ms: float | None = None
     worst_error_ms: float = 0.0  # the answer note sent furthest from its grid time, either way
     barged_in: bool = False
+    failed: bool = False  # generation raised (the worker logged it): the engine no longer matches the stream
 
     def note_sent(self, due: float, sent: float) -> None:
         self.played += 1
@@ -176,8 +177,13 @@ class Answerer:
     def _answer(self, job: AnswerJob, on_note, on_done) -> None:
         plan = job.plan
         pacing = _LivePacing(self, job, on_note)
-        generate_answer(self.engine, job.stream, plan.start, plan.end, plan.options, plan.rng, plan.velocity,
-                        pacing, job.answer)
+        try:
+            generate_answer(self.engine, job.stream, plan.start, plan.end, plan.options, plan.rng, plan.velocity,
+                            pacing, job.answer)
+        except Exception:  # the session must hear of it either way, or it waits for this answer forever
+            log.error("the answer failed; what was played is kept and the engine starts again from it",
+                      exc_info=True)
+            job.failed = True
         self.post(on_done, job)
 
 
@@ -199,6 +205,7 @@ def answer_report(job: AnswerJob, late_played: int, late_dropped: int) -> dict:
         "late_played": late_played,
         "late_dropped": late_dropped,
         "barged_in": job.barged_in,
+        "failed": job.failed,
     }
     log.info(
         "answer: %d notes, %d bars, first note %s ms, worst %.3f ms, %d tokens at %.0f tok/s, late notes so "

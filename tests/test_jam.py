@@ -317,6 +317,87 @@ def test_an_external_clock_sets_the_grid(tiny_weights):
     assert bpm == pytest.approx(clock_bpm, rel=0.02)
 
 
+def failing_once(function):
+    """`function`, except that its first call raises (a fault on the inference worker)."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a fault on the worker")
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def test_an_answer_that_fails_ends_and_the_next_call_is_answered(tiny_weights, monkeypatch):
+    import daemon.answerer
+
+    monkeypatch.setattr(daemon.answerer, "generate_answer", failing_once(daemon.answerer.generate_answer))
+
+    async def scenario():
+        async with duet(tiny_weights) as d:
+            await d.play(ENDED)
+            for _ in range(300):  # the failed answer ends the exchange: the session listens again
+                if d.app.session.phase.value == "idle" and d.app.session.job is None:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            before = [e for e in d.events if e["type"] == "answer_finished"]
+            await d.play(ENDED)
+            for _ in range(800):
+                after = [e for e in d.events if e["type"] == "answer_finished"]
+                if len(after) > len(before):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            return d, before, after
+
+    d, before, after = asyncio.run(scenario())
+    assert all(e["failed"] and not e["barged_in"] for e in before)  # reported, if it was heard at all
+    finished = after[-1]
+    assert len(after) == len(before) + 1 and not finished["failed"] and finished["notes"] > 0
+    assert paired(d.recorded)
+    tokens = list(d.app.session.conversation.stream.tokens)
+    assert accepts(tokens)
+    pitches = iter(n.pitch for n in decode(tokens))
+    assert all(pitch in pitches for pitch in [n.pitch for n in ENDED + ENDED])  # both calls, in order
+
+
+def test_an_accompaniment_that_fails_releases_its_notes_and_the_next_stretch_plays(eager_weights, monkeypatch):
+    import daemon.accompanist
+
+    decide = daemon.accompanist.Accompanist.decide
+    calls = []
+
+    def decide_failing_at_the_tenth(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 10:  # once it has played some notes
+            raise RuntimeError("a fault on the worker")
+        return decide(self, *args, **kwargs)
+
+    monkeypatch.setattr(daemon.accompanist.Accompanist, "decide", decide_failing_at_the_tenth)
+
+    async def scenario():
+        async with duet(eager_weights, mode="accompany", accompany_range="40-59") as d:
+            await d.play(FOLLOW_CALL)
+            await d.wait_for("accompaniment_finished")
+            await asyncio.sleep(0.5)
+            await d.play(FOLLOW_CALL)  # the player goes on, or plays again
+            for _ in range(1000):  # until a stretch after the failed one has ended and the session listens
+                reports = [e for e in d.events if e["type"] == "accompaniment_finished"]
+                if len(reports) > 1 and d.app.state()["mode"] == "listening":
+                    break
+                await asyncio.sleep(0.01)
+            return d, reports, d.app.state()["mode"]
+
+    d, reports, mode = asyncio.run(scenario())
+    assert reports[0]["failed"] and not any(r["failed"] for r in reports[1:])
+    assert sum(r["notes"] for r in reports[1:]) > 0 and mode == "listening"
+    assert paired(d.recorded)  # the failed stretch left nothing sounding
+    assert accepts(list(d.app.session.conversation.stream.tokens))
+
+
 def test_a_lost_note_off_does_not_silence_the_daemon(tiny_weights):
     async def scenario():
         async with duet(tiny_weights) as d:

@@ -23,10 +23,10 @@ jitter. Prints one JSON line per test folder (the first `--pieces` files of each
 Goal: zero late and zero unreleased; in_scale_rate >= human - 0.05 and well above random.
 
 Also, from the model's onsets on the player's true grid (the file's tempo, the first onset as step
-0): join_bars (the first one, in bars), on_grid_rate (within a quarter of a 16th of a 16th), and
-with --follow (the daemon in follow mode at 100 bpm, never told the file's tempo: it reads the
-player's, joins, and follows) bpm_error_pct (the tempo it read, against the file's); each as
-[mean, standard error, pieces].
+0): first_note_bars (the first one, in bars: the model may join and still rest), on_grid_rate
+(within a quarter of a 16th of a 16th), and with --follow (the daemon in follow mode at 100 bpm,
+never told the file's tempo: it reads the player's, joins, and follows) bpm_error_pct (the tempo
+it read, against the file's); each as [mean, standard error, pieces].
 
 With --offline the pieces are played into the `Accompanist` itself, with no clock and no ports,
 sixteenth by sixteenth as bench/rollback.py does (the settings from the daemon flags after --):
@@ -210,7 +210,7 @@ def run_piece(path: Path, args: argparse.Namespace, number: int) -> dict | None:
     read = re.search(r"tempo (\S+) bpm read from the player", "\n".join(lines))
     return {
         "bars": args.bars,
-        "join_bars": float(positions.min() / BAR) if positions.size else float("nan"),
+        "first_note_bars": float(positions.min() / BAR) if positions.size else float("nan"),
         "on_grid_rate": float(np.mean(np.abs(positions - np.round(positions)) <= 0.25)) if positions.size else float("nan"),
         "bpm_error_pct": abs(float(read.group(1)) / bpm - 1) * 100 if read else float("nan"),
         "model": figures(model, key, args.bars),
@@ -271,7 +271,7 @@ def summary(folder: Path, results: list[dict], args: argparse.Namespace) -> dict
         "moved": sum(r["moved"] for r in results),
         "revised": sum(r["revised"] for r in results),
     }
-    for figure in ("join_bars", "on_grid_rate", "bpm_error_pct"):
+    for figure in ("first_note_bars", "on_grid_rate", "bpm_error_pct"):
         values = [r[figure] for r in results if figure in r and not np.isnan(r[figure])]
         line[figure] = [round(float(np.mean(values)), 3) if values else None,
                         round(float(np.std(values, ddof=1) / np.sqrt(len(values))), 3) if len(values) > 1 else None,

@@ -102,7 +102,9 @@ class TempoKeeper:
         estimate = estimate_tempo(onsets, self.timeline.tracker.bpm, self.timeline.steps_per_bar)
         span = max(onsets) - min(onsets)
         given_up = span >= JOIN_GIVE_UP_BARS * bar_s
-        if estimate.readable and (given_up or span >= JOIN_BARS * self.timeline.steps_per_bar * estimate.step):
+        # A bar is spanned by the onset on its last bar line (half a 16th early counts: it is on it).
+        spanned = estimate.readable and span >= (JOIN_BARS * self.timeline.steps_per_bar - 0.5) * estimate.step
+        if estimate.readable and (given_up or spanned):
             estimate = self.timeline.read_call(onsets)  # the tracker takes it
             log.info("tempo %.1f bpm read from the player (%d onsets): the model joins", estimate.bpm, estimate.onsets)
         elif given_up:

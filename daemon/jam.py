@@ -138,7 +138,7 @@ class JamSession:
             self._barge_in(t)
         self._cancel_next()
         if self.accompanying and self.tempo.reading and self.tempo.stale(t):
-            self._end_call()  # a few notes too few to read the tempo from, and a pause: they were all
+            self._end_call()  # too few notes to read a tempo from, then a pause: that was the whole call
         if self.phase == Phase.IDLE:
             self._anchor(t)
         self.listener.note_on(pitch, velocity, self.timeline.position(t), t)

@@ -193,14 +193,14 @@ def estimate_tempo(
         low, high = CANDIDATE_RATIOS[[0, -1]] * prior_bpm
         reason = f"too irregular: no tempo between {low:.0f} and {high:.0f} bpm fits the onsets"
         return TempoEstimate(None, onsets=n, reason=reason)
-    step_s, origin, sd = fit_line(slots, times, timing_sd)
+    step_s, origin, sd = _fit_line(slots, times, timing_sd)
     if sd > MAX_TEMPO_UNCERTAINTY:
         return TempoEstimate(None, onsets=n, sd_log_bpm=sd,
                              reason=f"too irregular: the onsets leave the tempo uncertain by ±{sd:.0%}")
     return TempoEstimate(15.0 / step_s, origin, n, sd)
 
 
-def fit_line(slots: np.ndarray, times: np.ndarray, timing_sd: float) -> tuple[float, float, float]:
+def _fit_line(slots: np.ndarray, times: np.ndarray, timing_sd: float) -> tuple[float, float, float]:
     """Least squares times = origin + slots * step: (step, origin, standard error of log step)."""
     k = slots.astype(float)
     mean_k, mean_t = k.mean(), times.mean()

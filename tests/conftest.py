@@ -7,8 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from daemon.jack_server import JackServer, jackd_path
+
+# CI (.ci/run exports CI=1) runs the property tests on the same examples every time, so that what
+# lands does not hang on which examples a run happened to draw; runs here draw new ones, and keep
+# any that fail in .hypothesis/ to try first next time.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # The real-Mosquitto fixtures (tests/ is on sys.path: the folder has no __init__.py).
 pytest_plugins = ["fixtures_mqtt"]

@@ -129,7 +129,7 @@ def accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[[
         log.error("the accompaniment failed; the stream is kept and the engine starts again from it", exc_info=True)
         job.failed = True
         job.close()
-        job.end = job.plan.end_after(job.last_activity, job.stream.steps_per_bar)
+    job.end = job.plan.end_after(job.last_activity, job.stream.steps_per_bar)
     answerer.post(on_done, job)
 
 
@@ -211,7 +211,6 @@ def _accompany(engine, job: AccompanyJob, answerer: Answerer, on_note: Callable[
     for message in job.close():
         take(message)
     accompanist.finish()
-    job.end = plan.end_after(job.last_activity, bar_len)
 
 
 def accompaniment_report(job: AccompanyJob, late_played: int, late_dropped: int) -> dict:

@@ -250,18 +250,18 @@ class JamSession:
     # -- answering (loop) -------------------------------------------------------------
     def _answer_generated(self, job: AnswerJob) -> None:
         job.done = True
-        if job.failed and self.job is job:
+        if job.failed:
             # Ended now: what was sent stays (the engine is reset to the stream), and the next
-            # onset begins a new call.
-            self._cancel_next()
-            self.job = None
-            if self.phase is Phase.HANDING_OVER:
-                self.playback.withdraw(job)  # unheard
-            else:
-                self.playback.stop(job, now())
-            self.phase = Phase.IDLE
-        elif job.failed:
-            self.conversation.resync()  # stopped before it failed: the engine is reset to the stream
+            # onset begins a new call. One stopped before it failed was ended by its stop, whose
+            # reset of the engine runs on the worker after this job.
+            if self.job is job:
+                self._cancel_next()
+                self.job = None
+                if self.phase is Phase.HANDING_OVER:
+                    self.playback.withdraw(job)  # unheard
+                else:
+                    self.playback.stop(job, now())
+                self.phase = Phase.IDLE
         elif not job.stop.is_set() and self.phase is Phase.ANSWERING:
             self._take_answer(job)
 

@@ -98,10 +98,9 @@ class TempoKeeper:
         Either way the call so far is tokenized again on the grid (`Listener.replay`), recording
         stops, and its events are returned."""
         onsets = self.listener.onset_times()
-        bar_s = self.timeline.steps_per_bar * step_seconds(self.timeline.tracker.bpm)
         estimate = estimate_tempo(onsets, self.timeline.tracker.bpm, self.timeline.steps_per_bar)
         span = max(onsets) - min(onsets)
-        given_up = span >= JOIN_GIVE_UP_BARS * bar_s
+        given_up = span >= JOIN_GIVE_UP_BARS * self._bar_s
         # A bar is spanned by the onset on its last bar line (half a 16th early counts: it is on it).
         spanned = estimate.readable and span >= (JOIN_BARS * self.timeline.steps_per_bar - 0.5) * estimate.step
         if estimate.readable and (given_up or spanned):
@@ -119,8 +118,12 @@ class TempoKeeper:
         """Follow mode's call in accompany mode, never read, and the player silent for a bar (at
         the tempo in use) before t: it is over, and the onset at t begins another."""
         recording = self.listener.recording
-        bar_s = self.timeline.steps_per_bar * step_seconds(self.timeline.tracker.bpm)
-        return bool(recording) and not self.listener.busy and t - recording[-1][2] > bar_s
+        return bool(recording) and not self.listener.busy and t - recording[-1][2] > self._bar_s
+
+    @property
+    def _bar_s(self) -> float:
+        """A bar at the tempo read so far (seconds)."""
+        return self.timeline.steps_per_bar * step_seconds(self.timeline.tracker.bpm)
 
     def read_call(self, start: int) -> int:
         """Follow mode at the hand-over: read the call's tempo, tokenize it on that grid, and say

@@ -317,13 +317,13 @@ def test_an_external_clock_sets_the_grid(tiny_weights):
     assert bpm == pytest.approx(clock_bpm, rel=0.02)
 
 
-def failing_once(function):
-    """`function`, except that its first call raises (a fault on the inference worker)."""
+def failing_at(function, call: int):
+    """`function` (or method), except that its `call`th call raises (a fault on the inference worker)."""
     calls = []
 
     def wrapper(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) == call:
             raise RuntimeError("a fault on the worker")
         return function(*args, **kwargs)
 
@@ -333,7 +333,7 @@ def failing_once(function):
 def test_an_answer_that_fails_ends_and_the_next_call_is_answered(tiny_weights, monkeypatch):
     import daemon.answerer
 
-    monkeypatch.setattr(daemon.answerer, "generate_answer", failing_once(daemon.answerer.generate_answer))
+    monkeypatch.setattr(daemon.answerer, "generate_answer", failing_at(daemon.answerer.generate_answer, 1))
 
     async def scenario():
         async with duet(tiny_weights) as d:
@@ -367,16 +367,8 @@ def test_an_answer_that_fails_ends_and_the_next_call_is_answered(tiny_weights, m
 def test_an_accompaniment_that_fails_releases_its_notes_and_the_next_stretch_plays(eager_weights, monkeypatch):
     import daemon.accompanist
 
-    decide = daemon.accompanist.Accompanist.decide
-    calls = []
-
-    def decide_failing_at_the_tenth(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 10:  # once it has played some notes
-            raise RuntimeError("a fault on the worker")
-        return decide(self, *args, **kwargs)
-
-    monkeypatch.setattr(daemon.accompanist.Accompanist, "decide", decide_failing_at_the_tenth)
+    # The tenth decide: once it has played some notes.
+    monkeypatch.setattr(daemon.accompanist.Accompanist, "decide", failing_at(daemon.accompanist.Accompanist.decide, 10))
 
     async def scenario():
         async with duet(eager_weights, mode="accompany", accompany_range="40-59") as d:
